@@ -1,0 +1,252 @@
+"""llama.cpp backend over llama-cpp-python's low-level API.
+
+One `llama_context` per loaded model with a unified KV buffer shared by several
+sequences: each `LlamaCppCache` is one sequence id, so caches can share a prefix
+(`copy_prefix` uses `llama_memory_seq_cp`, which shares cells rather than copying them).
+Weights are memory-mapped. The hot path (`forward` for one token) fills a preallocated
+batch through numpy views and returns a zero-copy view of llama.cpp's logits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Sequence
+
+import llama_cpp
+import numpy as np
+
+from . import llama_log
+from localllm.backend.protocol import MemoryReport, ModelInfo
+from localllm.errors import ContextOverflowError, ModelFileError
+
+KV_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
+MAX_SEQUENCES = 8
+
+
+class LlamaCppCache:
+    """One sequence of the context's KV buffer: the tokens it holds, in position order."""
+
+    def __init__(self, backend: "LlamaCppBackend", seq_id: int):
+        self._backend = backend
+        self.seq_id = seq_id
+        self.tokens: list[int] = []
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self._backend._release(self)
+            self.closed = True
+
+    def __del__(self):  # a forgotten cache must not leak its sequence id
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class LlamaCppBackend:
+    """A GGUF model loaded by llama.cpp on the CPU."""
+
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        *,
+        ctx_size: int = 4096,
+        threads: int = 1,
+        kv_type: str = "f16",
+        n_batch: int = 512,
+        verbose: bool = False,
+    ):
+        self.info = info
+        self.kv_type = kv_type
+        self._log = llama_log.install(verbose)
+        path = info.path.encode()
+
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if llama_cpp.llama_supports_mmap() else 0
+        self._model = llama_cpp.llama_model_load_from_file(path, mparams)
+        if not self._model:
+            detail = self._log.last_error() or "llama.cpp could not load it"
+            raise ModelFileError(f"{info.path}: cannot load model ({detail}): the file may be corrupted or too new")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = ctx_size
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = MAX_SEQUENCES
+        cparams.kv_unified = True
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.type_k = cparams.type_v = KV_GGML_TYPES[kv_type]
+        if kv_type != "f16":  # llama.cpp quantizes the V cache only with flash attention
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        cparams.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            detail = self._log.last_error() or "out of memory?"
+            raise ModelFileError(f"{info.path}: cannot create a context of {ctx_size} tokens ({detail}): try a smaller --ctx-size")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_batch = n_batch
+        self.vocab_size = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        self.bos_id = bos if bos >= 0 else None
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)) and self.bos_id is not None
+        self.eos_ids = frozenset(t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
+        self.adds_space_prefix = bool(info.metadata.get("tokenizer.ggml.add_space_prefix", info.metadata.get("tokenizer.ggml.model") == "llama"))
+
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._b_token = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
+        self._b_pos = np.ctypeslib.as_array(self._batch.pos, shape=(n_batch,))
+        self._b_nseq = np.ctypeslib.as_array(self._batch.n_seq_id, shape=(n_batch,))
+        self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
+        self._b_nseq[:] = 1
+        self._b_seq_written = [-1] * n_batch  # which seq id each slot's seq_id[i][0] holds
+        self._free_seqs = list(range(MAX_SEQUENCES - 1, -1, -1))
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos and self.add_bos, special)
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos and self.add_bos, special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+            piece = self._piece_buf.raw[: max(n, 0)]
+            self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_control(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_control(self._vocab, token))
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary's own text for a token (control tokens included)."""
+        return (llama_cpp.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", errors="replace")
+
+    # -- caches ------------------------------------------------------------------------
+
+    def new_cache(self) -> LlamaCppCache:
+        if not self._free_seqs:
+            raise RuntimeError(f"all {MAX_SEQUENCES} KV sequences of this context are in use")
+        return LlamaCppCache(self, self._free_seqs.pop())
+
+    def _release(self, cache: LlamaCppCache) -> None:
+        if self._ctx:
+            llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, -1, -1)
+            self._free_seqs.append(cache.seq_id)
+        cache.tokens = []
+
+    def trim(self, cache: LlamaCppCache, n_tokens: int) -> None:
+        if n_tokens < len(cache.tokens):
+            if not llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, n_tokens, -1):
+                raise RuntimeError("llama.cpp could not trim this cache (recurrent model?)")
+            del cache.tokens[n_tokens:]
+
+    def copy_prefix(self, src: LlamaCppCache, dst: LlamaCppCache, n_tokens: int) -> None:
+        self.trim(dst, 0)
+        llama_cpp.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, 0, n_tokens)
+        dst.tokens = src.tokens[:n_tokens]
+
+    # -- compute -----------------------------------------------------------------------
+
+    def forward(self, tokens: Sequence[int], cache: LlamaCppCache, all_logits: bool = False) -> np.ndarray:
+        n_total = len(tokens)
+        start = len(cache.tokens)
+        if start + n_total > self.n_ctx:
+            raise ContextOverflowError(
+                f"{start + n_total} tokens do not fit the context of {self.n_ctx}: use a larger --ctx-size"
+            )
+        rows = []
+        for lo in range(0, n_total, self.n_batch):
+            chunk = tokens[lo : lo + self.n_batch]
+            n = len(chunk)
+            last_chunk = lo + n == n_total
+            self._fill_batch(chunk, start + lo, cache.seq_id, all_logits, last_chunk)
+            rc = llama_cpp.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                # Nothing of a failed batch is kept: cut the sequence back to what we know.
+                llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, start + lo, -1)
+                if rc == 1:
+                    raise ContextOverflowError(f"no room left in the KV cache of {self.n_ctx} tokens: use a larger --ctx-size")
+                raise RuntimeError(f"llama_decode failed with code {rc}")
+            cache.tokens.extend(chunk)
+            if all_logits:
+                ptr = llama_cpp.llama_get_logits(self._ctx)
+                view = np.ctypeslib.as_array(ptr, shape=(n, self.vocab_size))
+                rows.append(view if n_total == n else view.copy())
+        if all_logits:
+            return rows[0] if len(rows) == 1 else np.concatenate(rows)
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
+
+    def _fill_batch(self, chunk: Sequence[int], pos0: int, seq_id: int, all_logits: bool, last_chunk: bool) -> None:
+        n = len(chunk)
+        batch = self._batch
+        batch.n_tokens = n
+        if n == 1:
+            self._b_token[0] = chunk[0]
+            self._b_pos[0] = pos0
+        else:
+            self._b_token[:n] = chunk
+            self._b_pos[:n] = np.arange(pos0, pos0 + n, dtype=np.int32)
+        written = self._b_seq_written
+        for i in range(n):
+            if written[i] != seq_id:
+                batch.seq_id[i][0] = seq_id
+                written[i] = seq_id
+        if all_logits:
+            self._b_logits[:n] = 1
+        else:
+            self._b_logits[:n] = 0
+            if last_chunk:
+                self._b_logits[n - 1] = 1
+
+    # -- resources ---------------------------------------------------------------------
+
+    def memory(self) -> MemoryReport:
+        weights = int(llama_cpp.llama_model_size(self._model))
+        meta = self.info.metadata
+        arch = self.info.architecture
+        n_layer = int(meta.get(f"{arch}.block_count", 0))
+        n_head = int(meta.get(f"{arch}.attention.head_count", 1) or 1)
+        n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head) or n_head)
+        n_embd = int(meta.get(f"{arch}.embedding_length", 0))
+        k_len = int(meta.get(f"{arch}.attention.key_length", n_embd // n_head))
+        v_len = int(meta.get(f"{arch}.attention.value_length", n_embd // n_head))
+        kv = int(self.n_ctx * n_layer * n_head_kv * (k_len + v_len) * KV_BYTES_PER_VALUE[self.kv_type])
+        return MemoryReport(weights_bytes=weights, kv_cache_bytes=kv)
+
+    def close(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            llama_cpp.llama_model_free(self._model)
+            self._ctx = None
+            self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

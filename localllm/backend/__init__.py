@@ -1,0 +1,1 @@
+"""Backend protocol and selection: the one seam between the engine and a compute library."""

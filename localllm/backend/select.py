@@ -1,0 +1,65 @@
+"""Pick and load a backend: `auto` is MLX on Apple Silicon, llama.cpp elsewhere.
+
+Backend libraries are imported here lazily, only when a model is actually loaded.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+from localllm.backend.gguf_header import inspect_gguf
+from localllm.backend.protocol import Backend
+from localllm.config import Settings
+from localllm.errors import BackendUnavailableError, ModelFileError
+
+
+def is_apple_silicon() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def resolve_backend_name(requested: str) -> str:
+    if requested == "auto":
+        return "mlx" if is_apple_silicon() and mlx_backend_available() else "llamacpp"
+    return requested
+
+
+def mlx_backend_available() -> bool:
+    """True once the MLX backend exists in this build (it lands with its own issue)."""
+    return False
+
+
+def supported_gguf_architectures() -> frozenset[str]:
+    from gguf.constants import MODEL_ARCH_NAMES
+
+    return frozenset(MODEL_ARCH_NAMES.values())
+
+
+def load_backend(model_path: str, settings: Settings) -> Backend:
+    """Validate the model file, then load it into the backend the settings ask for."""
+    name = resolve_backend_name(settings.backend)
+    if name == "mlx":
+        raise BackendUnavailableError(
+            "the MLX backend is not available in this version of localllm yet: use --backend llamacpp"
+        )
+    info = inspect_gguf(model_path)
+    if info.architecture not in supported_gguf_architectures():
+        raise ModelFileError(
+            f"{model_path}: unsupported model architecture {info.architecture!r}: "
+            "llama.cpp cannot run it; pick a model of a supported family (llama, qwen2, gemma2, phi3, ...)"
+        )
+    try:
+        from localllm.cpu_backend.llamacpp import LlamaCppBackend
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"the llama.cpp backend cannot be imported ({e}): reinstall with `pip install llama-cpp-python`"
+        ) from None
+    # A context beyond what the model was trained on gives garbage; cap it there.
+    ctx_size = min(settings.ctx_size, info.context_length) if info.context_length else settings.ctx_size
+    return LlamaCppBackend(
+        info,
+        ctx_size=ctx_size,
+        threads=settings.resolved_threads,
+        kv_type=settings.kv_type,
+        verbose=settings.verbose,
+    )

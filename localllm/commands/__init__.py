@@ -1,0 +1,1 @@
+"""One module per CLI command family; imported lazily by `localllm.cli`."""

@@ -1,0 +1,154 @@
+"""Settings: one frozen object built once (defaults < config file < environment < flags).
+
+Paths come from platformdirs; `LOCALLLM_HOME` moves all data (models, conversations,
+KV snapshots) under one folder, which tests use to stay out of the user's real data.
+The config file is TOML at `<config dir>/config.toml`, with the same keys as `Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from localllm.errors import UserError
+
+KV_TYPES = ("f16", "q8_0")
+BACKENDS = ("auto", "llamacpp", "mlx")
+
+
+def physical_cores() -> int:
+    """Physical cores, not hyper-threads: llama.cpp decode is memory-bound and slows down
+    when two threads share a core."""
+    try:
+        cores = set()
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    phys = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not key and phys is not None:
+                    cores.add((phys, core))
+                    phys = core = None
+            if phys is not None:
+                cores.add((phys, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    if hasattr(os, "sysconf"):
+        try:  # macOS reports physical cores through sysctl; os.cpu_count() counts logical ones.
+            import subprocess
+
+            out = subprocess.run(
+                ["sysctl", "-n", "hw.perflevel0.physicalcpu"], capture_output=True, text=True, timeout=2
+            )
+            if out.returncode == 0 and out.stdout.strip().isdigit():
+                return int(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _default_home() -> Path:
+    env = os.environ.get("LOCALLLM_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("localllm", appauthor=False))
+
+
+def _default_cache() -> Path:
+    env = os.environ.get("LOCALLLM_HOME")
+    if env:
+        return Path(env).expanduser() / "cache"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("localllm", appauthor=False))
+
+
+def _config_file() -> Path:
+    env = os.environ.get("LOCALLLM_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("localllm", appauthor=False)) / "config.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that is configured rather than asked per request."""
+
+    home: Path
+    cache_dir: Path
+    backend: str = "auto"
+    threads: int = 0  # 0: physical cores
+    ctx_size: int = 4096
+    kv_type: str = "f16"
+    verbose: bool = False
+    debug: bool = False
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def resolved_threads(self) -> int:
+        return self.threads if self.threads > 0 else physical_cores()
+
+    def validate(self) -> "Settings":
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.kv_type not in KV_TYPES:
+            raise UserError(f"unknown KV cache type {self.kv_type!r}: choose one of {', '.join(KV_TYPES)}")
+        if self.ctx_size < 16:
+            raise UserError(f"--ctx-size {self.ctx_size} is too small: use at least 16 tokens")
+        if self.threads < 0:
+            raise UserError(f"--threads {self.threads} must be 0 (auto) or a positive number")
+        return self
+
+
+_ENV_KEYS = {
+    "backend": "LOCALLLM_BACKEND",
+    "threads": "LOCALLLM_THREADS",
+    "ctx_size": "LOCALLLM_CTX_SIZE",
+    "kv_type": "LOCALLLM_KV_TYPE",
+}
+
+
+def load_settings(**flags) -> Settings:
+    """Build the settings: defaults, then the config file, then LOCALLLM_* variables,
+    then the flags given here (None means 'not given')."""
+    settings = Settings(home=_default_home(), cache_dir=_default_cache())
+    types = {f.name: f.type for f in fields(Settings)}
+    layers: list[dict] = []
+    path = _config_file()
+    if path.is_file():
+        try:
+            layers.append(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"config file {path} is not valid TOML ({e}): fix or remove it") from None
+    layers.append({k: os.environ[v] for k, v in _ENV_KEYS.items() if v in os.environ})
+    layers.append({k: v for k, v in flags.items() if v is not None})
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in types:
+                raise UserError(f"unknown setting {key!r} (in {path}): known settings are {', '.join(types)}")
+            try:
+                if types[key] in ("int", int):
+                    value = int(value)
+                elif types[key] in ("bool", bool) and isinstance(value, str):
+                    value = value.lower() in ("1", "true", "yes", "on")
+                elif types[key] in ("Path", Path):
+                    value = Path(value).expanduser()
+            except ValueError:
+                raise UserError(f"setting {key} = {value!r} is not a valid number") from None
+            settings = replace(settings, **{key: value})
+    return settings.validate()

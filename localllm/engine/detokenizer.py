@@ -1,0 +1,31 @@
+"""Streaming detokenizer: token ids in, complete UTF-8 text out.
+
+A character can be split over several tokens (multi-byte characters, byte-fallback
+tokens such as <0xE4>); the incremental decoder holds the incomplete bytes back until the
+character is whole, so a stream never shows a broken character.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Callable
+
+
+class StreamingDetokenizer:
+    def __init__(self, token_bytes: Callable[[int], bytes], strip_leading_space: bool = False):
+        self._token_bytes = token_bytes
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._strip = strip_leading_space
+
+    def add(self, token: int) -> str:
+        """Feed one token; return the text it completes (maybe empty)."""
+        piece = self._token_bytes(token)
+        if self._strip and piece:
+            self._strip = False
+            if piece.startswith(b" "):
+                piece = piece[1:]
+        return self._decoder.decode(piece)
+
+    def flush(self) -> str:
+        """End of stream: whatever incomplete bytes remain, as replacement characters."""
+        return self._decoder.decode(b"", final=True)

@@ -1,0 +1,112 @@
+"""Plain data passed between layers: sampling parameters, generation chunks, stats, messages.
+
+A leaf module: it imports nothing from the rest of the package, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token. `temperature == 0` means greedy (argmax).
+
+    Defaults follow llama.cpp's. Penalties are off at their neutral values
+    (repeat 1.0, presence and frequency 0.0); `logit_bias` maps token id to an additive bias.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.repeat_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: prompt tokens in, up to `max_tokens` new tokens out."""
+
+    prompt_tokens: tuple[int, ...]
+    sampling: SamplingParams = SamplingParams()
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    # The first generated piece after a bare BOS drops its leading space (SentencePiece
+    # marks word starts with one), as llama2.c and llama.cpp print it.
+    strip_leading_space: bool = True
+
+
+@dataclass
+class GenerationStats:
+    """The numbers people care about, for `--verbose`, `--stats json` and the server."""
+
+    backend: str = ""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    decode_steps: int = 0
+    peak_rss_bytes: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        n = self.prompt_tokens - self.cached_tokens
+        return n / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        # The first token comes out of prefill; decode speed counts the steps after it.
+        return self.decode_steps / self.decode_s if self.decode_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["prefill_tokens_per_s"] = round(self.prefill_tokens_per_s, 3)
+        d["decode_tokens_per_s"] = round(self.decode_tokens_per_s, 3)
+        return d
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One step of a generation stream.
+
+    `text` is the new, complete UTF-8 text (possibly empty while a character or a
+    possible stop string is still pending); the last chunk has `finish_reason` and `stats`.
+    """
+
+    text: str
+    token: int | None = None
+    finish_reason: FinishReason | None = None
+    stats: GenerationStats | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat message."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str

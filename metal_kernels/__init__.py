@@ -1,0 +1,1 @@
+"""Custom Metal kernels for the MLX path (each op: kernel, pure-MLX reference, dispatcher)."""

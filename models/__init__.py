@@ -1,0 +1,1 @@
+"""MLX model architectures, one file each."""

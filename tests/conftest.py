@@ -1,0 +1,66 @@
+"""Shared fixtures: where the real test models are, and one loaded stories260K backend.
+
+Models are found through LOCALLLM_TEST_MODELS (default: ../shared/models next to the
+repo). A missing model skips its tests with the reason, except under CI=true, where it
+fails: CI must never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("LOCALLLM_TEST_MODELS", REPO.parent / "shared" / "models"))
+
+
+def require_model(relative: str) -> Path:
+    path = models_dir() / relative
+    if not path.exists():
+        message = f"test model {path} is missing (set LOCALLLM_TEST_MODELS to the shared models folder)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stories_path() -> Path:
+    return require_model("stories260K/stories260K.gguf")
+
+
+@pytest.fixture(scope="session")
+def stories_backend(stories_path):
+    from localllm.backend.select import load_backend
+    from localllm.config import Settings
+
+    backend = load_backend(str(stories_path), Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=2048))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch) -> Path:
+    """A private LOCALLLM_HOME and config so tests never touch the user's data."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LOCALLLM_HOME", str(home))
+    monkeypatch.setenv("LOCALLLM_CONFIG", str(tmp_path / "config.toml"))
+    return home
+
+
+def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (`python -m localllm`)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "localllm", *args],
+        input=input, capture_output=True, text=True, env=full_env, timeout=timeout,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
