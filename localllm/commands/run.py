@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
+from localllm.cli import add_runtime_flags
 from localllm.config import load_settings
 from localllm.errors import UserError
-from localllm.types import GenerationRequest, GenerationStats, SamplingParams
+from localllm.types import GenerationStats, SamplingParams
+
+
+def add_sampling_flags(p) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=-1, metavar="N", help="stop after N new tokens (default: -1, until EOS or the context is full)")
+    g.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 for greedy (default: 0.8)")
+    g.add_argument("--top-k", type=int, default=40, metavar="K", help="keep the K most likely tokens, 0 for all (default: 40)")
+    g.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling threshold (default: 0.95)")
+    g.add_argument("--min-p", type=float, default=0.05, metavar="P", help="drop tokens below P times the top one (default: 0.05)")
+    g.add_argument("--repeat-penalty", type=float, default=1.0, metavar="X", help="penalise recent tokens (default: 1.0, off)")
+    g.add_argument("--presence-penalty", type=float, default=0.0, metavar="X")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="X")
+    g.add_argument("--seed", type=int, metavar="N", help="random seed: the same seed gives the same text")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before TEXT (repeatable)")
+
+
+def configure(sub) -> None:
+    run = sub.add_parser("run", help="generate text from a model", description="Generate text from a model, streaming to stdout.")
+    run.add_argument("model", metavar="MODEL", help="a model name or a GGUF file path")
+    run.add_argument("prompt", metavar="PROMPT", nargs="?", help="the prompt (default: read stdin, or a REPL on a terminal)")
+    run.add_argument("--stats", choices=("json",), help="print one JSON object of timings as the last line of stderr")
+    add_sampling_flags(run)
+    add_runtime_flags(run)
+    run.set_defaults(handler=run_command)
 
 
 def sampling_from_args(args) -> SamplingParams:
@@ -38,50 +62,35 @@ def settings_from_args(args):
     )
 
 
-def load_engine(model: str, settings):
-    """Load the model into an engine; return (engine, load seconds)."""
-    from localllm.backend.select import load_backend
-    from localllm.engine import Engine
-
-    t0 = time.perf_counter()
-    backend = load_backend(model, settings)
-    return Engine(backend), time.perf_counter() - t0
-
-
 def run_command(args) -> int:
+    from localllm.runtime import load_model
+
     settings = settings_from_args(args)
     sampling = sampling_from_args(args)
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
-    engine, load_s = load_engine(args.model, settings)
-    with engine:
-        backend = engine.backend
+    model = load_model(args.model, settings)
+    try:
         if settings.verbose:
-            mem = backend.memory()
+            mem = model.engine.backend.memory()
             print(
-                f"loaded {args.model} on {backend.name} in {load_s:.2f} s "
+                f"loaded {model.path} on {model.engine.backend.name} in {model.load_s:.2f} s "
                 f"(weights {mem.weights_bytes / 2**20:.1f} MiB, KV cache {mem.kv_cache_bytes / 2**20:.1f} MiB, "
-                f"context {backend.n_ctx}, {settings.resolved_threads} threads)",
+                f"context {model.n_ctx}, {settings.resolved_threads} threads)",
                 file=sys.stderr,
             )
         if prompt is None:
-            return _repl(engine, args, sampling)
-        stats = _complete(engine, args, sampling, prompt)
-        _report(stats, args, settings)
+            return _repl(model, args, sampling)
+        stats = _stream(model.complete(prompt, sampling, args.max_tokens, args.stop))
+        _report(stats, args)
+    finally:
+        model.close()
     return 0
 
 
-def _request(engine, args, sampling, prompt: str) -> GenerationRequest:
-    backend = engine.backend
-    tokens = backend.tokenize(prompt, add_bos=True) if prompt else ([backend.bos_id] if backend.bos_id is not None else [])
-    max_tokens = args.max_tokens if args.max_tokens > 0 else backend.n_ctx
-    return GenerationRequest(tuple(tokens), sampling, max_tokens=max_tokens, stop=tuple(args.stop))
-
-
-def _complete(engine, args, sampling, prompt: str) -> GenerationStats:
-    """Stream one completion to stdout. Ctrl-C cancels it and re-raises."""
-    handle = engine.submit(_request(engine, args, sampling, prompt))
+def _stream(handle) -> GenerationStats | None:
+    """Print a generation as it comes. Ctrl-C cancels it and re-raises."""
     out = sys.stdout
     try:
         for chunk in handle:
@@ -95,13 +104,12 @@ def _complete(engine, args, sampling, prompt: str) -> GenerationStats:
         out.write("\n")
         out.flush()
         raise
-    if not (handle.stats and handle.stats.generated_tokens == 0):
-        out.write("\n")
+    out.write("\n")
     out.flush()
     return handle.stats
 
 
-def _repl(engine, args, sampling) -> int:
+def _repl(model, args, sampling) -> int:
     print("Type a prompt and press Enter; Ctrl-C stops a reply; Ctrl-D or /bye quits.", file=sys.stderr)
     while True:
         try:
@@ -117,15 +125,15 @@ def _repl(engine, args, sampling) -> int:
         if not line.strip():
             continue
         try:
-            stats = _complete(engine, args, sampling, line)
-            _report(stats, args, None)
+            stats = _stream(model.complete(line, sampling, args.max_tokens, args.stop))
+            _report(stats, args)
         except KeyboardInterrupt:
             continue
         except UserError as e:
             print(f"localllm: error: {e}", file=sys.stderr)
 
 
-def _report(stats: GenerationStats | None, args, settings) -> None:
+def _report(stats: GenerationStats | None, args) -> None:
     if stats is None:
         return
     if args.stats == "json":

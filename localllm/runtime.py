@@ -1,0 +1,83 @@
+"""A loaded model ready for frontends: resolve a name, load the backend, start the
+engine, and turn chats or raw prompts into generation requests.
+
+Frontends (CLI, chat app, server) use `load_model` and `LoadedModel`; they never touch a
+backend library.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from localllm.backend.protocol import ModelInfo
+from localllm.config import Settings
+from localllm.engine import Engine, RequestHandle
+from localllm.types import GenerationRequest, Message, SamplingParams
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    engine: Engine
+    prompter: "object"  # localllm.tokenizer.chat.ChatPrompter
+    load_s: float
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.backend.info
+
+    @property
+    def n_ctx(self) -> int:
+        return self.engine.backend.n_ctx
+
+    def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+        return self.prompter.encode(messages, add_generation_prompt=add_generation_prompt)
+
+    def text_tokens(self, prompt: str) -> list[int]:
+        backend = self.engine.backend
+        if not prompt:
+            return [backend.bos_id] if backend.bos_id is not None else []
+        return backend.tokenize(prompt, add_bos=True, special=False)
+
+    def request(
+        self,
+        tokens: Sequence[int],
+        sampling: SamplingParams = SamplingParams(),
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> GenerationRequest:
+        """A request for `tokens`; `max_tokens=None` means until EOS or a full context."""
+        return GenerationRequest(
+            tuple(tokens), sampling, max_tokens=max_tokens if max_tokens and max_tokens > 0 else self.n_ctx, stop=tuple(stop)
+        )
+
+    def chat(self, messages: Sequence[Message], sampling: SamplingParams = SamplingParams(),
+             max_tokens: int | None = None, stop: Sequence[str] = ()) -> RequestHandle:
+        return self.engine.submit(self.request(self.chat_tokens(messages), sampling, max_tokens, stop))
+
+    def complete(self, prompt: str, sampling: SamplingParams = SamplingParams(),
+                 max_tokens: int | None = None, stop: Sequence[str] = ()) -> RequestHandle:
+        return self.engine.submit(self.request(self.text_tokens(prompt), sampling, max_tokens, stop))
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def load_model(name: str, settings: Settings, *, chat_template: str | None = None) -> LoadedModel:
+    """Resolve `name` (registry name or path), load it and start its engine.
+    `chat_template` overrides the model's own template (text of a Jinja template)."""
+    from localllm.backend.select import load_backend
+    from localllm.registry import resolve_model_path
+    from localllm.tokenizer.chat import ChatPrompter
+
+    path = resolve_model_path(name, settings)
+    t0 = time.perf_counter()
+    backend = load_backend(str(path), settings)
+    engine = Engine(backend)
+    template = chat_template if chat_template is not None else backend.info.chat_template
+    prompter = ChatPrompter(backend, template, model_name=name)
+    return LoadedModel(name=name, path=path, engine=engine, prompter=prompter, load_s=time.perf_counter() - t0)
