@@ -52,7 +52,10 @@ class LoadedModel:
     ) -> GenerationRequest:
         """A request for `tokens`; `max_tokens=None` means until EOS or a full context."""
         return GenerationRequest(
-            tuple(tokens), sampling, max_tokens=max_tokens if max_tokens and max_tokens > 0 else self.n_ctx, stop=tuple(stop)
+            tuple(tokens), sampling,
+            max_tokens=max_tokens if max_tokens and max_tokens > 0 else self.n_ctx,
+            stop=tuple(stop),
+            stop_token_ids=self.prompter.stop_token_ids,
         )
 
     def chat(self, messages: Sequence[Message], sampling: SamplingParams = SamplingParams(),

@@ -51,6 +51,9 @@ class GenerationRequest:
     sampling: SamplingParams = SamplingParams()
     max_tokens: int = 512
     stop: tuple[str, ...] = ()
+    # Tokens that end the reply besides the vocabulary's end-of-generation set
+    # (a chat template's end-of-turn token, say).
+    stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
     # The first generated piece after a bare BOS drops its leading space (SentencePiece
     # marks word starts with one), as llama2.c and llama.cpp print it.

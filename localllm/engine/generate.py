@@ -71,7 +71,7 @@ def generate(
     strip = request.strip_leading_space and backend.adds_space_prefix and prompt[-1] == backend.bos_id
     detok = StreamingDetokenizer(backend.token_bytes, strip_leading_space=strip)
     stops = StopMatcher(request.stop)
-    eos = frozenset() if request.ignore_eos else backend.eos_ids
+    eos = frozenset() if request.ignore_eos else backend.eos_ids | request.stop_token_ids
     history = prompt
     n_ctx = backend.n_ctx
     finish = None
