@@ -93,8 +93,9 @@ class LlamaCppBackend:
             raise ModelFileError(f"{info.path}: cannot create a context of {ctx_size} tokens ({detail}): try a smaller --ctx-size")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
 
-        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
-        self.n_batch = n_batch
+        # llama.cpp pads the context (and caps the batch to it); the limit is what was asked.
+        self.n_ctx = min(ctx_size, llama_cpp.llama_n_ctx(self._ctx))
+        self.n_batch = n_batch = min(n_batch, llama_cpp.llama_n_batch(self._ctx))
         self.vocab_size = llama_cpp.llama_vocab_n_tokens(self._vocab)
         bos = llama_cpp.llama_vocab_bos(self._vocab)
         self.bos_id = bos if bos >= 0 else None
