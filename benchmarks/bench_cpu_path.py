@@ -1,0 +1,177 @@
+"""Our CPU path versus a bare llama-cpp-python loop doing the same greedy work.
+
+Both run with the same model file, context size, batch size, threads and KV type,
+interleaved run by run so machine noise hits both alike. Each run is a fresh worker
+process: llama.cpp's OpenMP thread teams belong to the thread that computes, and a
+second side computing from another thread of the same process would compete with the
+first side's idle team. Ours goes through
+the full stack a user gets (backend, engine thread and queue, sampler, detokenizer,
+stop matcher); the bare loop is llama_decode + argmax + token_to_piece.
+
+Prefill: tokens/s of the prompt's forward pass. Decode: tokens/s between the first and
+the last generated token, as the consumer of the stream sees them.
+Targets (issue #2): decode >= 0.95x, prefill >= 0.98x.
+
+    python benchmarks/bench_cpu_path.py [--repeats 5] [--skip-1b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_model import SHARED_MODELS, cached_model  # noqa: E402
+
+from localllm.backend.select import load_backend  # noqa: E402
+from localllm.config import Settings, physical_cores  # noqa: E402
+from localllm.engine import Engine  # noqa: E402
+from localllm.types import GenerationRequest, SamplingParams  # noqa: E402
+
+PROMPT = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park "
+    "with her friends. One day, she saw a big red ball near the tree and wanted to play with it. "
+)
+
+
+class BareLoop:
+    """The minimal llama-cpp-python program: what a user would write by hand."""
+
+    def __init__(self, path: str, n_ctx: int, n_batch: int, threads: int):
+        import llama_cpp as L
+
+        self.L = L
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        self.model = L.llama_model_load_from_file(path.encode(), mp)
+        cp = L.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.no_perf = True
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_batch = n_batch
+        self.batch = L.llama_batch_init(n_batch, 0, 1)
+        self.buf = ctypes.create_string_buffer(256)
+
+    def _decode(self, tokens, pos0):
+        b = self.batch
+        b.n_tokens = len(tokens)
+        for i, t in enumerate(tokens):
+            b.token[i] = t
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = i == len(tokens) - 1
+        assert self.L.llama_decode(self.ctx, b) == 0
+
+    def run(self, prompt: list[int], n_new: int) -> tuple[float, float]:
+        L = self.L
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+        t0 = time.perf_counter()
+        for lo in range(0, len(prompt), self.n_batch):
+            self._decode(prompt[lo : lo + self.n_batch], lo)
+        prefill_s = time.perf_counter() - t0
+        pos = len(prompt)
+        pieces = []
+        stamps = []
+        for i in range(n_new):
+            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+            token = int(np.argmax(logits))
+            n = L.llama_token_to_piece(self.vocab, token, self.buf, 256, 0, False)
+            pieces.append(self.buf.raw[:n])
+            stamps.append(time.perf_counter())
+            if i + 1 < n_new:  # like ours, no forward pass after the last token
+                self._decode([token], pos)
+                pos += 1
+        return len(prompt) / prefill_s, (n_new - 1) / (stamps[-1] - stamps[0])
+
+    def close(self):
+        self.L.llama_batch_free(self.batch)
+        self.L.llama_free(self.ctx)
+        self.L.llama_model_free(self.model)
+
+
+def ours_run(engine: Engine, prompt: list[int], n_new: int) -> tuple[float, float]:
+    cache = engine.call(lambda b: b.new_cache())
+    request = GenerationRequest(tuple(prompt), SamplingParams(temperature=0), max_tokens=n_new, ignore_eos=True)
+    handle = engine.submit(request, cache=cache)
+    times = []
+    for chunk in handle:
+        if chunk.token is not None:
+            times.append(time.perf_counter())
+    engine.call(lambda b: cache.close())
+    stats = handle.stats
+    assert stats.generated_tokens == n_new
+    return stats.prefill_tokens_per_s, (len(times) - 1) / (times[-1] - times[0])
+
+
+def worker(side: str, path: str, n_prompt: int, n_new: int, threads: int, n_ctx: int) -> None:
+    """One measurement in this process; prints `prefill decode` tokens/s."""
+    settings = Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=n_ctx, threads=threads)
+    engine = Engine(load_backend(path, settings))
+    prompt = engine.backend.tokenize(PROMPT * 40)[:n_prompt]
+    if side == "ours":
+        ours_run(engine, prompt, 4)  # warm-up: page in the weights, size the buffers
+        result = ours_run(engine, prompt, n_new)
+        engine.close()
+    else:
+        n_ctx_used, n_batch_used = engine.backend.n_ctx, engine.backend.n_batch
+        engine.close()
+        loop = BareLoop(path, n_ctx_used, n_batch_used, threads)
+        loop.run(prompt, 4)
+        result = loop.run(prompt, n_new)
+        loop.close()
+    print(*result)
+
+
+def bench(label: str, path: Path, n_prompt: int, n_new: int, repeats: int, threads: int, n_ctx: int) -> list[tuple]:
+    import subprocess
+
+    results = {"ours": [], "bare": []}
+    for _ in range(repeats):
+        for side in ("ours", "bare"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", side, str(path), str(n_prompt), str(n_new), str(threads), str(n_ctx)],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()
+            results[side].append((float(out[0]), float(out[1])))
+    med = statistics.median
+    o_p, o_d = zip(*results["ours"])
+    b_p, b_d = zip(*results["bare"])
+    return [
+        (label, f"prefill ({n_prompt} tokens)", med(o_p), med(b_p)),
+        (label, f"decode ({n_new} tokens)", med(o_d), med(b_d)),
+    ]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        side, path, *nums = sys.argv[2:]
+        worker(side, path, *map(int, nums))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=physical_cores())
+    ap.add_argument("--skip-1b", action="store_true", help="only the tiny real model")
+    args = ap.parse_args()
+
+    rows = bench("stories260K (F32)", SHARED_MODELS / "stories260K" / "stories260K.gguf", 1024, 512, args.repeats, args.threads, 2048)
+    if not args.skip_1b:
+        rows += bench("llama 1.1B random (Q4_K_M)", cached_model(), 128, 32, args.repeats, args.threads, 2048)
+
+    print(f"\nCPU path vs bare llama-cpp-python loop ({args.threads} threads, median of {args.repeats}, greedy)")
+    print(f"{'model':<28} {'phase':<22} {'ours tok/s':>11} {'bare tok/s':>11} {'ratio':>7}")
+    for model, phase, ours, bare in rows:
+        print(f"{model:<28} {phase:<22} {ours:>11.1f} {bare:>11.1f} {ours / bare:>6.3f}x")
+
+
+if __name__ == "__main__":
+    main()
