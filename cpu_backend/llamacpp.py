@@ -57,6 +57,7 @@ class LlamaCppBackend:
         ctx_size: int = 4096,
         threads: int = 1,
         kv_type: str = "f16",
+        kv_pool: int = 2,
         n_batch: int = 512,
         verbose: bool = False,
     ):
@@ -75,7 +76,10 @@ class LlamaCppBackend:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
 
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = ctx_size
+        # The KV pool holds `kv_pool` full contexts, shared by all caches: the active one
+        # plus prefixes kept for later requests (see localllm.kvcache). Each sequence is
+        # still limited to `ctx_size` by `forward`.
+        cparams.n_ctx = ctx_size * max(1, kv_pool)
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
         cparams.n_seq_max = MAX_SEQUENCES
@@ -94,7 +98,8 @@ class LlamaCppBackend:
         self._mem = llama_cpp.llama_get_memory(self._ctx)
 
         # llama.cpp pads the context (and caps the batch to it); the limit is what was asked.
-        self.n_ctx = min(ctx_size, llama_cpp.llama_n_ctx(self._ctx))
+        self.kv_cells = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_ctx = min(ctx_size, self.kv_cells)
         self.n_batch = n_batch = min(n_batch, llama_cpp.llama_n_batch(self._ctx))
         self.vocab_size = llama_cpp.llama_vocab_n_tokens(self._vocab)
         bos = llama_cpp.llama_vocab_bos(self._vocab)
@@ -169,6 +174,27 @@ class LlamaCppBackend:
         llama_cpp.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, 0, n_tokens)
         dst.tokens = src.tokens[:n_tokens]
 
+    def save_state(self, cache: LlamaCppCache) -> bytes:
+        """The cache's keys and values as bytes (for disk snapshots)."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, cache.seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        n = llama_cpp.llama_state_seq_get_data(self._ctx, buf, size, cache.seq_id)
+        return bytes(memoryview(buf)[:n])
+
+    def load_state(self, cache: LlamaCppCache, tokens: Sequence[int], data: bytes) -> bool:
+        """Fill an empty cache from `save_state` bytes; False if llama.cpp refuses them."""
+        self.trim(cache, 0)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(data), cache.seq_id) == 0:
+            llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, -1, -1)
+            return False
+        cache.tokens = list(tokens)
+        return True
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.memory().kv_cache_bytes // max(1, self.kv_cells)
+
     # -- compute -----------------------------------------------------------------------
 
     def forward(self, tokens: Sequence[int], cache: LlamaCppCache, all_logits: bool = False) -> np.ndarray:
@@ -235,7 +261,7 @@ class LlamaCppBackend:
         n_embd = int(meta.get(f"{arch}.embedding_length", 0))
         k_len = int(meta.get(f"{arch}.attention.key_length", n_embd // n_head))
         v_len = int(meta.get(f"{arch}.attention.value_length", n_embd // n_head))
-        kv = int(self.n_ctx * n_layer * n_head_kv * (k_len + v_len) * KV_BYTES_PER_VALUE[self.kv_type])
+        kv = int(self.kv_cells * n_layer * n_head_kv * (k_len + v_len) * KV_BYTES_PER_VALUE[self.kv_type])
         return MemoryReport(weights_bytes=weights, kv_cache_bytes=kv)
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from localllm.errors import UserError
 
 KV_TYPES = ("f16", "q8_0")
 BACKENDS = ("auto", "llamacpp", "mlx")
+OVERFLOW_POLICIES = ("refuse", "drop-oldest")
 
 
 def physical_cores() -> int:
@@ -92,12 +93,19 @@ class Settings:
     threads: int = 0  # 0: physical cores
     ctx_size: int = 4096
     kv_type: str = "f16"
+    prefix_cache: bool = True  # reuse KV across turns and requests (localllm.kvcache)
+    snapshot_cap_mb: int = 2048  # disk for KV snapshots; 0 turns snapshots off
+    overflow: str = "refuse"  # or "drop-oldest": what a chat too long for the context does
     verbose: bool = False
     debug: bool = False
 
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.cache_dir / "kv-snapshots"
 
     @property
     def resolved_threads(self) -> int:
@@ -110,6 +118,8 @@ class Settings:
             raise UserError(f"unknown KV cache type {self.kv_type!r}: choose one of {', '.join(KV_TYPES)}")
         if self.ctx_size < 16:
             raise UserError(f"--ctx-size {self.ctx_size} is too small: use at least 16 tokens")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise UserError(f"unknown overflow policy {self.overflow!r}: choose one of {', '.join(OVERFLOW_POLICIES)}")
         if self.threads < 0:
             raise UserError(f"--threads {self.threads} must be 0 (auto) or a positive number")
         return self

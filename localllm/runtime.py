@@ -25,6 +25,7 @@ class LoadedModel:
     engine: Engine
     prompter: "object"  # localllm.tokenizer.chat.ChatPrompter
     load_s: float
+    overflow: str = "refuse"
 
     @property
     def info(self) -> ModelInfo:
@@ -58,9 +59,25 @@ class LoadedModel:
             stop_token_ids=self.prompter.stop_token_ids,
         )
 
+    def fit_chat(self, messages: Sequence[Message], max_tokens: int | None = None) -> tuple[list[int], int]:
+        """Prompt tokens for a chat under the overflow policy: (tokens, messages dropped).
+        Room for the reply is kept: `max_tokens`, or an eighth of the context."""
+        from localllm.kvcache import OverflowPolicy, fit_messages
+
+        reserve = max_tokens if max_tokens and max_tokens > 0 else max(1, self.n_ctx // 8)
+        tokens, _, dropped = fit_messages(
+            messages, self.chat_tokens, self.n_ctx, min(reserve, self.n_ctx - 1), OverflowPolicy(self.overflow)
+        )
+        return tokens, dropped
+
     def chat(self, messages: Sequence[Message], sampling: SamplingParams = SamplingParams(),
              max_tokens: int | None = None, stop: Sequence[str] = ()) -> RequestHandle:
-        return self.engine.submit(self.request(self.chat_tokens(messages), sampling, max_tokens, stop))
+        """Generate the assistant's reply. If the overflow policy dropped old turns,
+        `handle.dropped_messages` says how many."""
+        tokens, dropped = self.fit_chat(messages, max_tokens)
+        handle = self.engine.submit(self.request(tokens, sampling, max_tokens, stop))
+        handle.dropped_messages = dropped
+        return handle
 
     def complete(self, prompt: str, sampling: SamplingParams = SamplingParams(),
                  max_tokens: int | None = None, stop: Sequence[str] = ()) -> RequestHandle:
@@ -80,7 +97,27 @@ def load_model(name: str, settings: Settings, *, chat_template: str | None = Non
     path = resolve_model_path(name, settings)
     t0 = time.perf_counter()
     backend = load_backend(str(path), settings)
-    engine = Engine(backend)
-    template = chat_template if chat_template is not None else backend.info.chat_template
-    prompter = ChatPrompter(backend, template, model_name=name)
-    return LoadedModel(name=name, path=path, engine=engine, prompter=prompter, load_s=time.perf_counter() - t0)
+    try:
+        template = chat_template if chat_template is not None else backend.info.chat_template
+        prompter = ChatPrompter(backend, template, model_name=name)
+        engine = Engine(backend, make_cache_manager(backend, path, settings))
+    except BaseException:
+        backend.close()
+        raise
+    return LoadedModel(name=name, path=path, engine=engine, prompter=prompter,
+                       load_s=time.perf_counter() - t0, overflow=settings.overflow)
+
+
+def make_cache_manager(backend, model_path: Path, settings: Settings):
+    """The KV-cache manager the settings ask for, with disk snapshots when enabled."""
+    from localllm.kvcache import KVCacheManager, SnapshotStore
+    from localllm.kvcache.snapshots import snapshot_key
+
+    snapshots = None
+    if settings.prefix_cache and settings.snapshot_cap_mb > 0:
+        try:
+            key = snapshot_key(model_path, settings.kv_type, backend.name)
+            snapshots = SnapshotStore(settings.snapshots_dir, key, cap_bytes=settings.snapshot_cap_mb << 20)
+        except OSError:
+            snapshots = None  # an unwritable cache folder costs speed, not correctness
+    return KVCacheManager(backend, snapshots=snapshots, enabled=settings.prefix_cache)

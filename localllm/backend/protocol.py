@@ -84,6 +84,15 @@ class Backend(Protocol):
     def copy_prefix(self, src: Cache, dst: Cache, n_tokens: int) -> None:
         """Make `dst` hold the first `n_tokens` of `src` (dst must be empty)."""
 
+    def save_state(self, cache: Cache) -> bytes:
+        """The cache's keys and values, for a snapshot on disk."""
+
+    def load_state(self, cache: Cache, tokens: Sequence[int], data: bytes) -> bool:
+        """Fill an empty cache with `tokens` from `save_state` bytes; False if refused."""
+
+    @property
+    def kv_bytes_per_token(self) -> int: ...
+
     def memory(self) -> MemoryReport: ...
 
     def close(self) -> None: ...

@@ -89,16 +89,18 @@ class RequestHandle:
 class Engine:
     """Owns a backend and the thread that runs it. Use as a context manager or `close()`."""
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, cache_manager=None):
+        from localllm.kvcache import KVCacheManager
+
         self.backend = backend
+        self.caches = cache_manager if cache_manager is not None else KVCacheManager(backend)
         self._requests: queue.Queue = queue.Queue()
-        self._session_cache: Cache | None = None
         self._thread = threading.Thread(target=self._run, name="localllm-engine", daemon=True)
         self._thread.start()
 
     def submit(self, request: GenerationRequest, cache: Cache | None = None) -> RequestHandle:
-        """Queue a generation. Without `cache`, the engine's session cache is used, so
-        consecutive requests that share a prefix reuse it."""
+        """Queue a generation. Without `cache`, the KV-cache manager lends one holding
+        as much of the prompt as it has (a previous turn, a shared system prompt)."""
         handle = RequestHandle(request)
         self._requests.put((handle, cache))
         return handle
@@ -138,12 +140,18 @@ class Engine:
             if handle.cancelled:
                 out.put(GenerationChunk("", None, finish_reason="cancelled", stats=GenerationStats(backend=self.backend.name)))
                 return
+            lease = None
             if cache is None:
-                if self._session_cache is None:
-                    self._session_cache = self.backend.new_cache()
-                cache = self._session_cache
-            for chunk in generate(self.backend, cache, handle.request, handle._cancel.is_set):
-                out.put(chunk)
+                request = handle.request
+                reserve = min(request.max_tokens, self.backend.n_ctx - len(request.prompt_tokens))
+                lease = self.caches.acquire(request.prompt_tokens, reserve=max(0, reserve))
+                cache = lease.cache
+            try:
+                for chunk in generate(self.backend, cache, handle.request, handle._cancel.is_set):
+                    out.put(chunk)
+            finally:
+                if lease is not None:
+                    self.caches.release(lease)
         except BaseException as e:
             out.put(e)
         finally:
@@ -153,9 +161,7 @@ class Engine:
         if self._thread.is_alive():
             self._requests.put((None, None))
             self._thread.join()
-        if self._session_cache is not None:
-            self._session_cache.close()
-            self._session_cache = None
+        self.caches.close()
         self.backend.close()
 
     def __enter__(self) -> "Engine":

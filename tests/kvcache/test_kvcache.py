@@ -1,0 +1,173 @@
+"""The KV-cache manager on the real stories260K model: turn reuse, shared prefixes,
+byte budget, disk snapshots across processes, and the overflow policy."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from localllm.config import load_settings
+from localllm.engine.generate import common_prefix_length
+from localllm.errors import ContextOverflowError
+from localllm.kvcache import KVCacheManager, OverflowPolicy, SnapshotStore, fit_messages
+from localllm.runtime import load_model
+from localllm.types import GenerationRequest, Message, SamplingParams
+
+GREEDY = SamplingParams(temperature=0)
+USER_TURNS = [
+    "Once upon a time there was a dog.", "The dog liked to run.", "One day it found a ball.",
+    "It ran to the park.", "A bird sang in a tree.", "The dog barked at the bird.",
+    "Lily came to the park.", "She threw the ball.", "The dog was happy.", "Then it was time to go home.",
+]
+
+
+def scripted_chat(model, max_tokens=20):
+    """Ten turns; returns per turn (prompt tokens, generated tokens, stats)."""
+    messages = [Message("system", "A story about a dog.")]
+    turns = []
+    for text in USER_TURNS:
+        messages.append(Message("user", text))
+        prompt, _ = model.fit_chat(messages, max_tokens)
+        handle = model.chat(messages, GREEDY, max_tokens=max_tokens)
+        generated, reply = [], []
+        for chunk in handle:
+            reply.append(chunk.text)
+            if chunk.token is not None:
+                generated.append(chunk.token)
+        turns.append((prompt, generated, handle.stats))
+        messages.append(Message("assistant", "".join(reply)))
+    return turns
+
+
+@pytest.fixture
+def settings(isolated_home):
+    return load_settings(ctx_size=1024)
+
+
+def test_turn_ten_prefills_only_its_new_tokens(stories_path, settings):
+    model = load_model(str(stories_path), settings)
+    try:
+        turns = scripted_chat(model)
+    finally:
+        model.close()
+    prev_prompt, prev_generated, _ = turns[8]
+    prompt, _, stats = turns[9]
+    # The cache after turn 9 held its prompt and its reply (but the last token, never fed).
+    held = prev_prompt + prev_generated[:-1]
+    new_tokens = len(prompt) - common_prefix_length(held, prompt)
+    assert stats.prompt_tokens - stats.cached_tokens == new_tokens
+    print(f"turn 10: {len(prompt)} prompt tokens, {stats.cached_tokens} cached, {new_tokens} new")
+    assert new_tokens < 40 < len(prompt)  # the new user message and the turn's seams, not the history
+    assert stats.cached_tokens > 0.8 * stats.prompt_tokens
+
+
+def test_greedy_output_is_identical_with_and_without_the_cache(stories_path, isolated_home):
+    with_cache = load_model(str(stories_path), load_settings(ctx_size=1024))
+    without = load_model(str(stories_path), load_settings(ctx_size=1024, prefix_cache=False))
+    try:
+        a, b = scripted_chat(with_cache), scripted_chat(without)
+    finally:
+        with_cache.close()
+        without.close()
+    assert [g for _, g, _ in a] == [g for _, g, _ in b]
+    assert all(s.cached_tokens == 0 for _, _, s in b)
+    assert sum(s.cached_tokens for _, _, s in a) > 0
+
+
+def test_shared_prefix_is_prefilled_once_and_the_original_kept(stories_backend):
+    b = stories_backend
+    manager = KVCacheManager(b, max_slots=4)
+    engine_like = _Runner(b, manager)
+    system = b.tokenize("Once upon a time, in a big forest, there lived a wise old owl who loved to tell stories. " * 3)
+    first = system + b.tokenize("The owl saw a fox.", add_bos=False)
+    second = system + b.tokenize("A rabbit ran by.", add_bos=False)
+    try:
+        assert engine_like.run(first).cached_tokens == 0
+        s2 = engine_like.run(second)
+        assert s2.cached_tokens >= len(system) - 1
+        assert engine_like.last_source == "prefix"
+        s3 = engine_like.run(first)  # the first request's cache was left intact
+        assert s3.cached_tokens == len(first) - 1
+        assert manager.stats.hits == 2 and manager.stats.hit_rate == pytest.approx(2 / 3)
+    finally:
+        manager.close()
+
+
+def test_eviction_respects_the_byte_budget(stories_backend):
+    b = stories_backend
+    budget = 150 * b.kv_bytes_per_token
+    manager = KVCacheManager(b, budget_bytes=budget, max_slots=4)
+    runner = _Runner(b, manager)
+    try:
+        for word in ("cat", "dog", "bird", "fish", "frog"):
+            runner.run(b.tokenize(f"The {word} " * 20))
+            held = sum(len(s.cache.tokens) for s in manager.slots) * b.kv_bytes_per_token
+            assert held <= budget
+            assert manager.stats.bytes_held == held
+        assert manager.stats.evictions >= 3
+    finally:
+        manager.close()
+
+
+def test_snapshot_survives_a_process_restart(stories_path, isolated_home):
+    prompt = "Once upon a time, there was a little girl named Lily who loved to play in the park. " * 12
+    args = ("run", str(stories_path), "--temperature", "0", "--max-tokens", "5", "--stats", "json")
+    first = run_cli(*args, input=prompt)
+    second = run_cli(*args, input=prompt)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    s1 = json.loads(first.stderr.strip().splitlines()[-1])
+    s2 = json.loads(second.stderr.strip().splitlines()[-1])
+    assert s1["prompt_tokens"] > 256 and s1["cached_tokens"] == 0
+    assert s2["cached_tokens"] >= s2["prompt_tokens"] - 1  # loaded from disk, not prefilled
+    assert first.stdout == second.stdout
+    snapshots = list((isolated_home / "cache" / "kv-snapshots").rglob("*.kvsnap"))
+    assert len(snapshots) == 1  # the second run's longer snapshot replaced the first
+
+
+def test_snapshot_store_cap_and_unreadable_files(tmp_path):
+    store = SnapshotStore(tmp_path, "model", cap_bytes=3000)
+    store.save([1, 2, 3], b"x" * 1000)
+    store.save([1, 2, 3, 4], b"y" * 1000)  # extends the first: replaces it
+    assert store.find([1, 2, 3, 4, 5]) == ([1, 2, 3, 4], b"y" * 1000)
+    assert len(list((tmp_path / "model").glob("*.kvsnap"))) == 1
+    store.save([9, 9], b"z" * 1000)
+    store.save([8, 8], b"w" * 1000)
+    assert store.total_bytes() <= 3000
+    (tmp_path / "model" / "junk.kvsnap").write_bytes(b"not a snapshot")
+    reopened = SnapshotStore(tmp_path, "model", cap_bytes=3000)
+    assert not (tmp_path / "model" / "junk.kvsnap").exists()
+    assert reopened.find([8, 8, 1]) == ([8, 8], b"w" * 1000)
+
+
+def test_overflow_refuses_or_drops_oldest_turns_but_keeps_the_system_prompt():
+    def encode(messages):
+        return [0] * sum(10 for _ in messages)
+
+    messages = [Message("system", "s")] + [Message(r, "x") for r in ["user", "assistant"] * 3] + [Message("user", "q")]
+    with pytest.raises(ContextOverflowError, match="80 tokens plus 30.*holds 100"):
+        fit_messages(messages, encode, n_ctx=100, reserve=30)
+    tokens, kept, dropped = fit_messages(messages, encode, 100, 30, OverflowPolicy.DROP_OLDEST)
+    assert len(tokens) <= 70 and dropped == 2
+    assert kept[0].role == "system" and kept[-1].content == "q"
+    with pytest.raises(ContextOverflowError):
+        fit_messages([Message("system", "s"), Message("user", "q")], encode, 15, 0, OverflowPolicy.DROP_OLDEST)
+
+
+class _Runner:
+    """Drives requests through a manager the way the engine thread does."""
+
+    def __init__(self, backend, manager):
+        self.backend, self.manager = backend, manager
+        self.last_source = None
+
+    def run(self, prompt):
+        from localllm.engine.generate import generate
+
+        lease = self.manager.acquire(prompt, reserve=4)
+        self.last_source = lease.source
+        try:
+            chunks = list(generate(self.backend, lease.cache, GenerationRequest(tuple(prompt), GREEDY, max_tokens=4)))
+        finally:
+            self.manager.release(lease)
+        return chunks[-1].stats
