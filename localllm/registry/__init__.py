@@ -1,16 +1,46 @@
-"""Model registry: names, the content-addressed store, pulls, and the catalog."""
+"""Model registry: names, the content-addressed store, pulls from the Hugging Face hub,
+and the curated catalog. This is the API frontends use:
+
+    resolve_model_path(name, settings) -> Path        name, hf.co/owner/repo[:quant], or a path
+    list_models(settings) -> list[ModelEntry]
+    show_model(name, settings) -> ModelDetails
+    remove_model(name, settings) -> None              frees the blobs no other model uses
+    pull_model(name, settings, on_progress=None, cancel=None) -> ModelEntry
+    import_model(path, name, settings) -> ModelEntry
+
+Every failure a user can fix is a `UserError` saying what to do. The HTTP client
+(httpx) is imported only when a pull starts.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
+from typing import Callable
 
-from localllm.errors import ModelFileError
+from localllm.registry.entries import ModelDetails, ModelEntry, PullProgress
+from localllm.registry.errors import (
+    DigestMismatchError, HubAccessError, HubUnavailableError, InsufficientDiskError, InvalidModelNameError,
+    ModelNotFoundError, PullCancelled,
+)
+from localllm.registry.inventory import delete_model, import_model, list_models, remove_model, show_model
+from localllm.registry.lookup import resolve_model_path
 
 
-def resolve_model_path(name: str, settings) -> Path:
-    """A model name (`llama3.2:1b`, `hf.co/owner/repo:Q4_K_M`) or a local GGUF path, to
-    the file to load. Raises a UserError naming what to do when nothing matches."""
-    path = Path(name).expanduser()
-    if path.exists() or name.endswith(".gguf") or "/" in name:
-        return path
-    raise ModelFileError(f"{name}: no such model file")
+def pull_model(
+    name: str,
+    settings,
+    on_progress: Callable[[PullProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    **options,
+) -> ModelEntry:
+    """Pull `name` (see `localllm.registry.pull.pull_model` for the options)."""
+    from localllm.registry.pull import pull_model as pull
+
+    return pull(name, settings, on_progress=on_progress, cancel=cancel, **options)
+
+
+__all__ = [
+    "DigestMismatchError", "HubAccessError", "HubUnavailableError", "InsufficientDiskError", "InvalidModelNameError",
+    "ModelDetails", "ModelEntry", "ModelNotFoundError", "PullCancelled", "PullProgress",
+    "delete_model", "import_model", "list_models", "pull_model", "remove_model", "resolve_model_path", "show_model",
+]

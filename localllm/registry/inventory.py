@@ -1,0 +1,169 @@
+"""What is on this machine: list, show, remove, and import a local GGUF into the store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from localllm.errors import ModelFileError
+from localllm.registry.details import gguf_facts, mlx_facts
+from localllm.registry.diskspace import check_disk
+from localllm.registry.entries import ModelDetails, ModelEntry
+from localllm.registry.errors import InvalidModelNameError
+from localllm.registry.lookup import find_manifests, pick_format, preferred_format
+from localllm.registry.manifest import Manifest, ManifestFile
+from localllm.registry.names import parse_model_name
+from localllm.registry.store import ContentStore
+
+
+def entry_for(store: ContentStore, manifest: Manifest) -> ModelEntry:
+    path = store.manifest_path(manifest.model_name, manifest.format)
+    try:
+        modified = path.stat().st_mtime
+    except FileNotFoundError:
+        modified = manifest.created
+    digest = manifest.primary.sha256 if manifest.format == "gguf" else hashlib.sha256(manifest.to_json().encode()).hexdigest()
+    return ModelEntry(
+        name=manifest.full_name,
+        path=store.model_path(manifest),
+        size_bytes=manifest.size_bytes,
+        quant=manifest.quant,
+        format=manifest.format,
+        modified=modified,
+        digest=digest,
+    )
+
+
+def list_models(settings) -> list[ModelEntry]:
+    """Every pulled or imported model, newest first."""
+    store = ContentStore(settings.models_dir)
+    entries = [entry_for(store, m) for _, m in store.all_manifests()]
+    return sorted(entries, key=lambda e: (-e.modified, e.name, e.format))
+
+
+def show_model(name: str, settings) -> ModelDetails:
+    store = ContentStore(settings.models_dir)
+    manifest = pick_format(find_manifests(store, name), preferred_format(settings))
+    missing = store.missing_blobs(manifest)
+    if missing:
+        raise ModelFileError(
+            f"{manifest.full_name} is damaged: {', '.join(missing)} is missing: run `localllm pull {manifest.full_name}`"
+        )
+    entry = entry_for(store, manifest)
+    if manifest.format == "gguf":
+        facts = gguf_facts([store.blob_path(f.sha256) for f in manifest.files])
+    else:
+        facts = mlx_facts(store.snapshot(manifest))
+    return ModelDetails(
+        **vars(entry),
+        architecture=facts.architecture,
+        parameters=facts.parameters,
+        context_length=facts.context_length,
+        has_chat_template=bool(facts.chat_template),
+        license=facts.license or manifest.license,
+        chat_template=facts.chat_template,
+    )
+
+
+@dataclass(frozen=True)
+class Removal:
+    names: list[str]  # "name:tag (format)" removed
+    freed_bytes: int | None  # None: a pull is running, so blobs are freed by a later rm or pull
+
+
+def delete_model(name: str, settings) -> Removal:
+    """Remove every format of name:tag, then the blobs no other manifest uses."""
+    store = ContentStore(settings.models_dir)
+    removed = []
+    for manifest in find_manifests(store, name):
+        if store.delete_manifest(manifest.model_name, manifest.format):
+            removed.append(f"{manifest.full_name} ({manifest.format})")
+    return Removal(removed, store.collect_garbage())
+
+
+def remove_model(name: str, settings) -> None:
+    delete_model(name, settings)
+
+
+def import_model(path, name: str, settings) -> ModelEntry:
+    """Copy a local GGUF file into the store as `name` (tag `latest` when none is given).
+    The original file is left as it is."""
+    from localllm.backend.gguf_header import inspect_gguf
+
+    src = Path(path).expanduser()
+    info = inspect_gguf(src)  # refuses missing, foreign, truncated files with the reason
+    model_name = parse_model_name(name)
+    if model_name.is_hub:
+        raise InvalidModelNameError(
+            f"{name}: hf.co/ names are for models pulled from the hub: import under your own name, such as `mymodel:latest`"
+        )
+    if model_name.tag is None:
+        model_name = model_name.with_tag("latest")
+    store = ContentStore(settings.models_dir)
+    size = src.stat().st_size
+    check_disk(store, {f"import-{uuid.uuid4().hex}": size}, f"importing {src}")
+    guard = store.pull_guard()
+    guard.acquire()
+    tmp = store.partials / f"import-{uuid.uuid4().hex}.partial"
+    try:
+        sha = _copy_hashing(src, tmp)
+        if store.has_blob(sha, size):
+            tmp.unlink()
+        else:
+            store.admit(tmp, sha)
+        old = store.read_manifest(model_name, "gguf")
+        manifest = Manifest(
+            name=model_name.name, tag=model_name.tag, format="gguf", files=(ManifestFile(src.name, sha, size),),
+            quant=_quant_label(src, info), license=_str_or_none(info.metadata.get("general.license")),
+            source={"kind": "import", "path": str(src.resolve())}, created=time.time(),
+        )
+        store.write_manifest(manifest)
+    finally:
+        tmp.unlink(missing_ok=True)
+        guard.release()
+    if old is not None and old.files != manifest.files:
+        store.collect_garbage()
+    return entry_for(store, manifest)
+
+
+def _copy_hashing(src: Path, dst: Path) -> str:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while block := fin.read(8 << 20):
+            digest.update(block)
+            fout.write(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return digest.hexdigest()
+
+
+def _quant_label(path: Path, info) -> str:
+    """The file type the header states, else the tensor type holding most weight bytes."""
+    if info.file_type and info.file_type != "unknown":
+        return info.file_type
+    from gguf.constants import GGMLQuantizationType
+
+    from localllm.backend.gguf_header import read_header, tensor_nbytes
+
+    _, tensors = read_header(path)
+    by_type: dict[int, int] = {}
+    for _, shape, ggml_type, _ in tensors:
+        try:
+            by_type[ggml_type] = by_type.get(ggml_type, 0) + tensor_nbytes(shape, ggml_type)
+        except (ValueError, KeyError):
+            continue
+    if not by_type:
+        return ""
+    try:
+        return GGMLQuantizationType(max(by_type, key=by_type.get)).name
+    except ValueError:
+        return ""
+
+
+def _str_or_none(value) -> str | None:
+    return str(value) if value else None

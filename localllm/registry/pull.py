@@ -1,0 +1,179 @@
+"""`pull`: resolve a name to files on the hub, check the disk, fetch, write the manifest.
+
+    pull_model("llama3.2:1b", settings, on_progress=print)
+
+A catalog name becomes its GGUF (or, for the MLX backend, its MLX) repo and file; a
+`hf.co/owner/repo[:quant]` name picks the repo's GGUF file for that quant (Q4_K_M when
+none is asked). The repo's revision is resolved once to a commit sha and every download
+of the pull is pinned to it. The manifest is written only after every file is verified
+and admitted, so an interrupted pull leaves partials to resume and no half model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from localllm.registry.catalog import DEFAULT_QUANT, load_catalog
+from localllm.registry.download import BlobRequest, fetch_blob
+from localllm.registry.entries import ModelEntry, PullProgress
+from localllm.registry.diskspace import check_disk
+from localllm.registry.errors import ModelNotFoundError
+from localllm.registry.hub import HubClient, HubFile, RepoSnapshot, RetryPolicy
+from localllm.registry.lookup import preferred_format
+from localllm.registry.manifest import Manifest, ManifestFile
+from localllm.registry.names import ModelName, is_gguf_weights, parse_model_name, quant_from_filename, split_part
+from localllm.registry.store import ContentStore, safe_relative_path
+
+# Used when the asked-for default (Q4_K_M) is missing and the user named no quant.
+QUANT_PREFERENCE = ("Q4_K_M", "Q4_K_S", "Q5_K_M", "Q4_0", "Q5_K_S", "Q6_K", "IQ4_XS", "Q8_0", "Q3_K_L", "Q3_K_M", "BF16", "F16", "F32")
+MLX_FILE_SUFFIXES = (".safetensors", ".json", ".model", ".tiktoken", ".txt", ".jinja")
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    name: ModelName  # canonical, tag included
+    format: str
+    snapshot: RepoSnapshot
+    files: tuple[HubFile, ...]
+    quant: str
+    license: str | None
+
+
+def plan_pull(text: str, settings, hub: HubClient, prefer_format: str | None = None) -> PullPlan:
+    name = parse_model_name(text)
+    fmt = prefer_format or preferred_format(settings)
+    if name.is_hub:
+        return _plan_hub_name(name, hub.repo_snapshot(name.hub_repo))
+    catalog = load_catalog()
+    choice = catalog.choose(name)
+    if choice is None:
+        hint = catalog.suggestions(name.name)
+        did_you_mean = f"; did you mean {', '.join(hint)}?" if hint else ""
+        raise ModelNotFoundError(
+            f"{text} is not in the catalog{did_you_mean} Pull any Hugging Face GGUF repo as "
+            "`hf.co/owner/repo[:quant]`, or `localllm import FILE --name NAME` a local file"
+        )
+    if fmt == "mlx" and (choice.mlx is None or choice.quant != catalog.default_quant):
+        if prefer_format == "mlx":
+            raise ModelNotFoundError(f"{choice.name} has no MLX version in the catalog: pull it with --format gguf")
+        fmt = "gguf"
+    source = choice.source(fmt)
+    if source is None:
+        raise ModelNotFoundError(f"{choice.name} has no {fmt.upper()} source in the catalog")
+    snap = hub.repo_snapshot(source.repo)
+    license_ = choice.license or snap.license
+    if fmt == "mlx":
+        return PullPlan(choice.name, "mlx", snap, _mlx_files(snap), "", license_)
+    listed = {f.path: f for f in snap.files}
+    wanted = source.files.get(choice.quant)
+    files = (listed[wanted],) if wanted in listed else _gguf_files(snap, choice.quant, explicit=True)
+    return PullPlan(choice.name, "gguf", snap, files, choice.quant, license_)
+
+
+def _plan_hub_name(name: ModelName, snap: RepoSnapshot) -> PullPlan:
+    has_gguf = any(is_gguf_weights(f.path) for f in snap.files)
+    paths = {f.path for f in snap.files}
+    if not has_gguf and "config.json" in paths and any(p.endswith(".safetensors") for p in paths):
+        if name.tag not in (None, "latest"):
+            raise ModelNotFoundError(f"hf.co/{snap.repo} is an MLX/safetensors repo with no quant tags: pull it without `:{name.tag}`")
+        return PullPlan(name.with_tag("latest"), "mlx", snap, _mlx_files(snap), "", snap.license)
+    quant = name.tag or DEFAULT_QUANT
+    files = _gguf_files(snap, quant, explicit=name.tag is not None)
+    quant = quant_from_filename(files[0].path) or quant
+    return PullPlan(name.with_tag(quant), "gguf", snap, files, quant, snap.license)
+
+
+def _gguf_files(snap: RepoSnapshot, quant: str, explicit: bool) -> tuple[HubFile, ...]:
+    """The file (or the split parts) of `quant` in the repo; a missing quant lists the others."""
+    by_quant: dict[str, list[HubFile]] = {}
+    for f in snap.files:
+        if is_gguf_weights(f.path):
+            by_quant.setdefault(quant_from_filename(f.path) or "?", []).append(f)
+    if not by_quant:
+        raise ModelNotFoundError(f"hf.co/{snap.repo} has no GGUF model files: pick a repo with .gguf files (often named ...-GGUF)")
+    available = sorted(by_quant, key=lambda q: (QUANT_PREFERENCE.index(q) if q in QUANT_PREFERENCE else 99, q))
+    chosen = quant.upper()
+    if chosen not in by_quant:
+        if explicit:
+            example = available[0] if available[0] != "?" else (available[1:] or ["Q4_K_M"])[0]
+            raise ModelNotFoundError(
+                f"hf.co/{snap.repo} has no {chosen} file; available quants: {', '.join(available)}: "
+                f"pull one of them, for example `localllm pull hf.co/{snap.repo}:{example}`"
+            )
+        chosen = available[0]
+    candidates = sorted(by_quant[chosen], key=lambda f: (f.path.count("/"), f.path))
+    first = candidates[0]
+    part = split_part(first.path)
+    if part is None:
+        singles = [f for f in candidates if split_part(f.path) is None]
+        return (singles[0],)
+    stem = first.path[: first.path.lower().rfind("-00")]
+    parts = sorted((f for f in candidates if f.path.startswith(stem) and split_part(f.path)), key=lambda f: split_part(f.path))
+    if len(parts) != part[1]:
+        raise ModelNotFoundError(f"hf.co/{snap.repo}: the {chosen} file is split in {part[1]} parts but {len(parts)} are listed")
+    for f in parts:
+        safe_relative_path(f.path)
+    return tuple(parts)
+
+
+def _mlx_files(snap: RepoSnapshot) -> tuple[HubFile, ...]:
+    files = tuple(
+        f for f in snap.files
+        if f.path.endswith(MLX_FILE_SUFFIXES) and not f.path.startswith(".") and "/" not in f.path.strip("/")
+    )
+    if not any(f.path.endswith(".safetensors") for f in files) or not any(f.path == "config.json" for f in files):
+        raise ModelNotFoundError(f"hf.co/{snap.repo} is not an MLX model (no config.json and .safetensors weights)")
+    for f in files:
+        safe_relative_path(f.path)
+    return files
+
+
+def pull_model(
+    name: str,
+    settings,
+    on_progress: Callable[[PullProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    *,
+    prefer_format: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> ModelEntry:
+    """Pull `name` into the store and return its entry. Raises a UserError (with the
+    fix) for unknown names, refused access, a full disk, a corrupted download or a
+    hub that keeps failing; PullCancelled when `cancel` is set. Partials are kept."""
+    from localllm.registry.inventory import entry_for
+
+    report = on_progress or (lambda p: None)
+    report(PullProgress("resolving"))
+    store = ContentStore(settings.models_dir)
+    with HubClient(retry=retry) as hub:
+        plan = plan_pull(name, settings, hub, prefer_format)
+        pending = {
+            BlobRequest(plan.snapshot.repo, plan.snapshot.revision, f.path, f.size, f.sha256, f.git_oid).key: f.size
+            for f in plan.files if not (f.sha256 and store.has_blob(f.sha256, f.size))
+        }
+        check_disk(store, pending, str(plan.name))
+        guard = store.pull_guard()
+        guard.acquire(cancel=cancel)
+        try:
+            listed = []
+            for f in plan.files:
+                req = BlobRequest(plan.snapshot.repo, plan.snapshot.revision, f.path, f.size, f.sha256, f.git_oid)
+                listed.append(ManifestFile(f.path, fetch_blob(hub, store, req, report, cancel), f.size))
+            report(PullProgress("writing manifest"))
+            old = store.read_manifest(plan.name, plan.format)
+            manifest = Manifest(
+                name=plan.name.name, tag=plan.name.tag, format=plan.format, files=tuple(listed),
+                quant=plan.quant, license=plan.license, created=time.time(),
+                source={"kind": "hub", "endpoint": hub.endpoint, "repo": plan.snapshot.repo, "revision": plan.snapshot.revision},
+            )
+            store.write_manifest(manifest)
+        finally:
+            guard.release()
+    if old is not None and old.files != manifest.files:
+        store.collect_garbage()  # the previous revision's blobs, unless another model uses them
+    entry = entry_for(store, manifest)
+    report(PullProgress("success", entry.digest, entry.size_bytes, entry.size_bytes))
+    return entry
