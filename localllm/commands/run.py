@@ -8,7 +8,7 @@ import sys
 from localllm.cli import add_runtime_flags
 from localllm.config import load_settings
 from localllm.errors import UserError
-from localllm.types import GenerationStats, SamplingParams
+from localllm.types import GenerationStats, Message, SamplingParams
 
 
 def add_sampling_flags(p) -> None:
@@ -30,6 +30,12 @@ def configure(sub) -> None:
     run.add_argument("model", metavar="MODEL", help="a model name or a GGUF file path")
     run.add_argument("prompt", metavar="PROMPT", nargs="?", help="the prompt (default: read stdin, or a REPL on a terminal)")
     run.add_argument("--stats", choices=("json",), help="print one JSON object of timings as the last line of stderr")
+    chat = run.add_argument_group("conversation")
+    chat.add_argument("--system", metavar="TEXT", help="system prompt (chat models)")
+    chat.add_argument("--raw", action="store_true", help="no chat template: the model continues the prompt as written")
+    chat.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's own")
+    chat.add_argument("--overflow", choices=("refuse", "drop-oldest"), help="when a chat outgrows the context: refuse (default) or drop the oldest turns")
+    chat.add_argument("--no-cache", dest="prefix_cache", action="store_false", default=None, help="do not reuse or snapshot the KV cache")
     add_sampling_flags(run)
     add_runtime_flags(run)
     run.set_defaults(handler=run_command)
@@ -59,6 +65,7 @@ def settings_from_args(args):
     return load_settings(
         backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
         kv_type=args.kv_type, verbose=args.verbose, debug=args.debug,
+        overflow=getattr(args, "overflow", None), prefix_cache=getattr(args, "prefix_cache", None),
     )
 
 
@@ -67,10 +74,15 @@ def run_command(args) -> int:
 
     settings = settings_from_args(args)
     sampling = sampling_from_args(args)
+    template = None
+    if args.chat_template:
+        from localllm.tokenizer.chat import load_template_file
+
+        template = load_template_file(args.chat_template)
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
-    model = load_model(args.model, settings)
+    model = load_model(args.model, settings, chat_template=template)
     try:
         if settings.verbose:
             mem = model.engine.backend.memory()
@@ -80,23 +92,35 @@ def run_command(args) -> int:
                 f"context {model.n_ctx}, {settings.resolved_threads} threads)",
                 file=sys.stderr,
             )
+        chat = model.prompter.has_template and not args.raw
         if prompt is None:
-            return _repl(model, args, sampling)
-        stats = _stream(model.complete(prompt, sampling, args.max_tokens, args.stop))
-        _report(stats, args)
+            return _repl(model, args, sampling, chat)
+        if chat:
+            handle = model.chat(_opening(args) + [Message("user", prompt)], sampling, args.max_tokens, args.stop)
+        else:
+            text = f"{args.system}\n\n{prompt}" if args.system else prompt
+            handle = model.complete(text, sampling, args.max_tokens, args.stop)
+        _report(_stream(handle), args)
     finally:
         model.close()
     return 0
 
 
-def _stream(handle) -> GenerationStats | None:
-    """Print a generation as it comes. Ctrl-C cancels it and re-raises."""
+def _opening(args) -> list[Message]:
+    return [Message("system", args.system)] if args.system else []
+
+
+def _stream(handle, keep: list[str] | None = None) -> GenerationStats | None:
+    """Print a generation as it comes (collecting its text in `keep`).
+    Ctrl-C cancels it and re-raises."""
     out = sys.stdout
     try:
         for chunk in handle:
             if chunk.text:
                 out.write(chunk.text)
                 out.flush()
+                if keep is not None:
+                    keep.append(chunk.text)
     except KeyboardInterrupt:
         handle.cancel()
         for _ in handle:  # let the engine thread finish the step it is on
@@ -109,8 +133,13 @@ def _stream(handle) -> GenerationStats | None:
     return handle.stats
 
 
-def _repl(model, args, sampling) -> int:
-    print("Type a prompt and press Enter; Ctrl-C stops a reply; Ctrl-D or /bye quits.", file=sys.stderr)
+def _repl(model, args, sampling, chat: bool) -> int:
+    """A multi-turn conversation on the terminal. Each turn goes through the chat
+    template (or, for base models and --raw, continues the running text), and the KV
+    cache keeps the history, so a turn costs only its new tokens."""
+    print("Type a message and press Enter; Ctrl-C stops a reply; /clear starts over; Ctrl-D or /bye quits.", file=sys.stderr)
+    messages = _opening(args)
+    transcript = f"{args.system}\n\n" if args.system else ""
     while True:
         try:
             line = input(">>> ")
@@ -120,17 +149,35 @@ def _repl(model, args, sampling) -> int:
         except KeyboardInterrupt:
             print("\n(Ctrl-D or /bye to quit)", file=sys.stderr)
             continue
-        if line.strip() in ("/bye", "/exit", "/quit"):
+        command = line.strip()
+        if command in ("/bye", "/exit", "/quit"):
             return 0
-        if not line.strip():
+        if command == "/clear":
+            messages, transcript = _opening(args), (f"{args.system}\n\n" if args.system else "")
+            print("(new conversation)", file=sys.stderr)
             continue
+        if not command:
+            continue
+        reply: list[str] = []
         try:
-            stats = _stream(model.complete(line, sampling, args.max_tokens, args.stop))
-            _report(stats, args)
+            if chat:
+                handle = model.chat(messages + [Message("user", line)], sampling, args.max_tokens, args.stop)
+            else:
+                handle = model.complete(transcript + line, sampling, args.max_tokens, args.stop)
+            if getattr(handle, "dropped_messages", 0):
+                print(f"(the conversation outgrew the context: {handle.dropped_messages} oldest messages left out)", file=sys.stderr)
+            stats = _stream(handle, reply)
         except KeyboardInterrupt:
-            continue
+            stats = None  # a stopped reply is kept, as written so far
         except UserError as e:
             print(f"localllm: error: {e}", file=sys.stderr)
+            continue
+        reply_text = "".join(reply)
+        if chat:
+            messages += [Message("user", line), Message("assistant", reply_text)]
+        else:
+            transcript += line + reply_text + "\n"
+        _report(stats, args)
 
 
 def _report(stats: GenerationStats | None, args) -> None:
