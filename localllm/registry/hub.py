@@ -205,8 +205,10 @@ class HubClient:
             hint = self.similar_repos(repo)
             did_you_mean = f"; did you mean {', '.join('hf.co/' + h for h in hint)}?" if hint else ""
             if status == 404 or self.token:
-                cause = "not found" if not self.token else "not found, or your HF_TOKEN cannot see it"
-                raise ModelNotFoundError(f"{name}: {cause} on {self.endpoint}: check the owner and repo name{did_you_mean}")
+                private = " (or it is private and your HF_TOKEN cannot see it)" if self.token else ""
+                raise ModelNotFoundError(
+                    f"{name} was not found on {self.endpoint}{private}: check the owner and repo name{did_you_mean}"
+                )
             raise HubAccessError(
                 f"{name}: not found, or a private or gated repo (the hub does not say which without a token){did_you_mean}: "
                 "check the name; for a private or gated model set HF_TOKEN to a token with access "

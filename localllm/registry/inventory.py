@@ -47,7 +47,7 @@ def list_models(settings) -> list[ModelEntry]:
 
 def show_model(name: str, settings) -> ModelDetails:
     store = ContentStore(settings.models_dir)
-    manifest = pick_format(find_manifests(store, name), preferred_format(settings))
+    manifest = pick_format(find_manifests(store, name), preferred_format(settings), loadable=False)
     missing = store.missing_blobs(manifest)
     if missing:
         raise ModelFileError(
@@ -115,7 +115,7 @@ def import_model(path, name: str, settings) -> ModelEntry:
             tmp.unlink()
         else:
             store.admit(tmp, sha)
-        old = store.read_manifest(model_name, "gguf")
+        old = store.read_manifest(model_name, "gguf", damaged_ok=True)
         manifest = Manifest(
             name=model_name.name, tag=model_name.tag, format="gguf", files=(ManifestFile(src.name, sha, size),),
             quant=_quant_label(src, info), license=_str_or_none(info.metadata.get("general.license")),

@@ -78,12 +78,14 @@ def not_pulled_error(text: str, name: ModelName, store: ContentStore) -> ModelNo
     )
 
 
-def pick_format(manifests: list[Manifest], prefer: str) -> Manifest:
+def pick_format(manifests: list[Manifest], prefer: str, loadable: bool = True) -> Manifest:
+    """The manifest in the preferred format, else GGUF (llama.cpp loads it anywhere);
+    with `loadable=False` (for `show`), whatever format there is."""
     by_format = {m.format: m for m in manifests}
     if prefer in by_format:
         return by_format[prefer]
-    if "gguf" in by_format:
-        return by_format["gguf"]  # the llama.cpp backend can load it on any machine
+    if "gguf" in by_format or not loadable:
+        return by_format.get("gguf", manifests[0])
     only = manifests[0]
     raise ModelNotFoundError(
         f"{only.full_name} is pulled only as MLX, which the {prefer.upper()} backend in use cannot load: "

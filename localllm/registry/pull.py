@@ -163,7 +163,7 @@ def pull_model(
                 req = BlobRequest(plan.snapshot.repo, plan.snapshot.revision, f.path, f.size, f.sha256, f.git_oid)
                 listed.append(ManifestFile(f.path, fetch_blob(hub, store, req, report, cancel), f.size))
             report(PullProgress("writing manifest"))
-            old = store.read_manifest(plan.name, plan.format)
+            old = store.read_manifest(plan.name, plan.format, damaged_ok=True)
             manifest = Manifest(
                 name=plan.name.name, tag=plan.name.tag, format=plan.format, files=tuple(listed),
                 quant=plan.quant, license=plan.license, created=time.time(),

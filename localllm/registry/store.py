@@ -85,7 +85,8 @@ class ContentStore:
         assert name.tag and fmt in FORMATS
         return self.manifests_dir.joinpath(*name.segments(), name.tag, f"{fmt}.json")
 
-    def read_manifest(self, name: ModelName, fmt: str) -> Manifest | None:
+    def read_manifest(self, name: ModelName, fmt: str, damaged_ok: bool = False) -> Manifest | None:
+        """The manifest, None if absent; a damaged one raises, or reads as None with `damaged_ok`."""
         path = self.manifest_path(name, fmt)
         try:
             text = path.read_text(encoding="utf-8")
@@ -94,6 +95,8 @@ class ContentStore:
         try:
             return Manifest.from_json(text)
         except (ValueError, KeyError, TypeError) as e:
+            if damaged_ok:
+                return None
             raise ModelFileError(
                 f"the manifest of {name} ({path}) is damaged ({e}): run `localllm rm {name}` and pull it again"
             ) from None
