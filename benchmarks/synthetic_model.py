@@ -125,14 +125,20 @@ def quantize(src: Path, dst: Path, ftype: int) -> None:
     os.replace(tmp, dst)
 
 
-def cached_model(shape: LlamaShape = LLAMA_1B, quant: str = "Q4_K_M") -> Path:
-    """The model of `shape` quantized to `quant`, built once and kept in the user cache."""
+# A small model whose dims allow k-quants (multiples of 256), for tests: GQA 2.
+LLAMA_TINY_KQUANT = LlamaShape("random-llama-tiny", dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512, context=1024)
+
+
+def cached_model(shape: LlamaShape = LLAMA_1B, quant: str = "Q4_K_M", folder: Path | None = None) -> Path:
+    """The model of `shape` quantized to `quant`, built once and kept in `folder`
+    (default: the user cache)."""
     import llama_cpp
 
-    out = cache_dir() / f"{shape.name}-{quant}.gguf"
+    folder = folder or cache_dir()
+    out = folder / f"{shape.name}-{quant}.gguf"
     if out.exists():
         return out
-    f16 = cache_dir() / f"{shape.name}-F16.gguf"
+    f16 = folder / f"{shape.name}-F16.gguf"
     t0 = time.perf_counter()
     if not f16.exists():
         print(f"building {f16.name} (random weights, {shape.n_params(32000) / 1e9:.2f}B parameters)...", file=sys.stderr)

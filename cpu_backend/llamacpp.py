@@ -94,7 +94,8 @@ class LlamaCppBackend:
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
             detail = self._log.last_error() or "out of memory?"
-            raise ModelFileError(f"{info.path}: cannot create a context of {ctx_size} tokens ({detail}): try a smaller --ctx-size")
+            hint = "use --kv-type f16" if "cache type" in detail else "try a smaller --ctx-size"
+            raise ModelFileError(f"{info.path}: cannot create a context of {ctx_size} tokens ({detail}): {hint}")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
 
         # llama.cpp pads the context (and caps the batch to it); the limit is what was asked.

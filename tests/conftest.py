@@ -64,3 +64,14 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
         input=input, capture_output=True, text=True, env=full_env, timeout=timeout,
         stdin=None if input is not None else subprocess.DEVNULL,
     )
+
+
+@pytest.fixture(scope="session")
+def kquant_model(tmp_path_factory) -> Path:
+    """A small random llama (dims multiples of 256, GQA 2) quantized to Q4_K_M by
+    llama.cpp's own quantizer, with the real Llama 2 vocabulary."""
+    require_model("llama-vocab-spm/ggml-vocab-llama-spm.gguf")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from synthetic_model import LLAMA_TINY_KQUANT, cached_model
+
+    return cached_model(LLAMA_TINY_KQUANT, "Q4_K_M", folder=tmp_path_factory.mktemp("kquant"))
