@@ -18,15 +18,8 @@ from localllm.engine.detokenizer import StreamingDetokenizer
 from localllm.engine.sampling import Sampler
 from localllm.engine.stops import StopMatcher
 from localllm.errors import ContextOverflowError, UserError
+from localllm.kvcache.prefix import common_prefix_length
 from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def peak_rss_bytes() -> int:

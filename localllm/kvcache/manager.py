@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from localllm.backend.protocol import Backend, Cache
-from localllm.engine.generate import common_prefix_length
+from localllm.kvcache.prefix import common_prefix_length
 
 
 @dataclass

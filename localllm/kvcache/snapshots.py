@@ -17,6 +17,8 @@ import struct
 from pathlib import Path
 from typing import Sequence
 
+from localllm.kvcache.prefix import common_prefix_length
+
 MAGIC = b"LLKV1\n"
 
 
@@ -28,14 +30,6 @@ def snapshot_key(model_path: str | os.PathLike, kv_type: str, backend: str) -> s
     st = path.stat()
     identity = path.name if path.name.startswith("sha256-") else f"{path}:{st.st_size}:{st.st_mtime_ns}"
     return hashlib.sha256(f"{identity}|{kv_type}|{backend}".encode()).hexdigest()[:24]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class SnapshotStore:
@@ -76,7 +70,7 @@ class SnapshotStore:
             f.write(state)
         os.replace(tmp, path)
         for other, other_tokens in list(self._index.items()):
-            if other != path and _common_prefix(other_tokens, tokens) == len(other_tokens):
+            if other != path and common_prefix_length(other_tokens, tokens) == len(other_tokens):
                 self._drop(other)  # superseded: the new snapshot extends it
         self._index[path] = tokens
         self._enforce_cap()
@@ -86,7 +80,7 @@ class SnapshotStore:
         """The snapshot sharing the longest prefix with `prompt` (at least `min_tokens`)."""
         best, best_len = None, min_tokens - 1
         for path, tokens in self._index.items():
-            n = _common_prefix(tokens, prompt)
+            n = common_prefix_length(tokens, prompt)
             if n > best_len:
                 best, best_len = path, n
         if best is None:

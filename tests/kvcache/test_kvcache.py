@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from localllm.config import load_settings
-from localllm.engine.generate import common_prefix_length
+from localllm.kvcache.prefix import common_prefix_length
 from localllm.errors import ContextOverflowError
 from localllm.kvcache import KVCacheManager, OverflowPolicy, SnapshotStore, fit_messages
 from localllm.runtime import load_model
