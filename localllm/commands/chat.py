@@ -1,0 +1,36 @@
+"""`localllm chat [MODEL]`: the terminal chat app (Textual), imported only when run."""
+
+from __future__ import annotations
+
+import sys
+
+from localllm.cli import add_runtime_flags
+
+
+def configure(sub) -> None:
+    chat = sub.add_parser(
+        "chat", help="chat with a model in a terminal app",
+        description="Chat with a model in a terminal app: conversations are kept, models are a key away "
+        "(Ctrl+O), F1 lists every key.",
+    )
+    chat.add_argument("model", metavar="MODEL", nargs="?", help="a model name or a GGUF file path (default: the last one used)")
+    chat.add_argument("--light", action="store_true", help="start in the light theme (Ctrl+T toggles)")
+    add_runtime_flags(chat)
+    chat.set_defaults(handler=chat_command)
+
+
+def chat_command(args) -> int:
+    from localllm.config import load_settings
+    from localllm.errors import UserError
+
+    settings = load_settings(
+        backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
+        kv_type=args.kv_type, debug=args.debug,  # --verbose: llama.cpp logging would garble the screen
+    )
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UserError("localllm chat needs a terminal: for scripts use `localllm run MODEL PROMPT`")
+    from localllm.tui.app import ChatApp
+
+    app = ChatApp(settings, args.model, theme="textual-light" if args.light else None)
+    app.run()
+    return app.return_code or 0
