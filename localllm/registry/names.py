@@ -123,6 +123,11 @@ def split_part(path: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def split_stem(path: str) -> str:
+    """The name shared by all parts of a split GGUF (`x-00001-of-00003.gguf` -> `x`)."""
+    return _SPLIT_PART.sub("", path)
+
+
 def is_gguf_weights(path: str) -> bool:
     """A .gguf file holding model weights (not a vision projector or an imatrix)."""
     base = path.rsplit("/", 1)[-1].lower()

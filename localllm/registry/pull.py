@@ -24,7 +24,7 @@ from localllm.registry.errors import ModelNotFoundError
 from localllm.registry.hub import HubClient, HubFile, RepoSnapshot, RetryPolicy
 from localllm.registry.lookup import preferred_format
 from localllm.registry.manifest import Manifest, ManifestFile
-from localllm.registry.names import ModelName, is_gguf_weights, parse_model_name, quant_from_filename, split_part
+from localllm.registry.names import ModelName, is_gguf_weights, parse_model_name, quant_from_filename, split_part, split_stem
 from localllm.registry.store import ContentStore, safe_relative_path
 
 # Used when the asked-for default (Q4_K_M) is missing and the user named no quant.
@@ -110,8 +110,8 @@ def _gguf_files(snap: RepoSnapshot, quant: str, explicit: bool) -> tuple[HubFile
     if part is None:
         singles = [f for f in candidates if split_part(f.path) is None]
         return (singles[0],)
-    stem = first.path[: first.path.lower().rfind("-00")]
-    parts = sorted((f for f in candidates if f.path.startswith(stem) and split_part(f.path)), key=lambda f: split_part(f.path))
+    stem = split_stem(first.path)
+    parts = sorted((f for f in candidates if split_part(f.path) and split_stem(f.path) == stem), key=lambda f: split_part(f.path))
     if len(parts) != part[1]:
         raise ModelNotFoundError(f"hf.co/{snap.repo}: the {chosen} file is split in {part[1]} parts but {len(parts)} are listed")
     for f in parts:
