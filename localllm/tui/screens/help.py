@@ -35,7 +35,7 @@ def binding_rows(bindings: Iterable) -> list[tuple[str, str]]:
 
 
 def help_markdown(sections: list[Section], notes: str = "") -> str:
-    lines = ["# Keys", ""]
+    lines = []
     for title, rows in sections:
         lines += [f"## {title}", ""]
         lines += [f"- `{key}` {what}" for key, what in rows]
@@ -57,4 +57,7 @@ class HelpScreen(ModalScreen[None]):
             yield Markdown(self.text, id="help-text")
 
     def on_mount(self) -> None:
-        self.query_one("#help-scroll").focus()
+        scroll = self.query_one("#help-scroll")
+        scroll.border_title = "Keys"
+        scroll.border_subtitle = "Esc closes"
+        scroll.focus()
