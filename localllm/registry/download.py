@@ -146,7 +146,10 @@ def _fetch_locked(hub, store, req, report, progress, cancel) -> str:
                 f"downloading {req.path} from hf.co/{req.repo} keeps failing ({problem}); "
                 f"{now:,} of {req.size:,} bytes are kept: run the same pull again to resume"
             )
-        _sleep(hub.retry.delay(failures), cancel, req, now)
+        delay = hub.retry.delay(failures)
+        report(PullProgress("downloading", req.sha256, req.size, now, req.path,
+                            detail=f"{problem}; retrying in {delay:.1f} s from {now:,} bytes"))
+        _sleep(delay, cancel, req, now)
     report(PullProgress("verifying", req.sha256, req.size, req.size, req.path))
     digest = hasher.sha256.hexdigest()
     expected = req.sha256 or req.git_oid

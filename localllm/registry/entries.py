@@ -47,3 +47,4 @@ class PullProgress:
     total: int | None = None
     completed: int | None = None
     file: str | None = None  # the file's name in its repo, for display
+    detail: str | None = None  # a note worth showing, such as a retry after a dropped connection

@@ -147,7 +147,9 @@ class HubClient:
 
     @contextmanager
     def stream(self, url: str, start: int) -> Iterator[httpx.Response]:
-        headers = {"Range": f"bytes={start}-"} if start > 0 else {}
+        headers = {"Accept-Encoding": "identity"}  # byte offsets must be the file's own
+        if start > 0:
+            headers["Range"] = f"bytes={start}-"
         with self._http.stream("GET", url, headers=headers) as resp:
             yield resp
 
@@ -185,7 +187,7 @@ class HubClient:
                 f"{self.endpoint} rejected the token in HF_TOKEN (invalid credentials) while fetching {name}: "
                 "make a new token at https://huggingface.co/settings/tokens, or unset HF_TOKEN for public models"
             )
-        if code == "GatedRepo" or (status == 403 and path is not None):
+        if code == "GatedRepo":
             if self.token:
                 raise HubAccessError(
                     f"{name} is a gated model and the account of your HF_TOKEN has no access yet: "
@@ -200,6 +202,11 @@ class HubClient:
         if code == "EntryNotFound" or (status == 404 and path is not None):
             raise ModelNotFoundError(
                 f"{path} is not in {name} at revision {revision[:12]}: the repo changed since it was listed; pull again"
+            )
+        if status == 403 and path is not None:
+            raise HubAccessError(
+                f"{self.endpoint} refused {path} of {name} (HTTP 403{': ' + message if message else ''}): "
+                f"check that your HF_TOKEN may read {page}, then pull again"
             )
         if status in (401, 403, 404):
             hint = self.similar_repos(repo)

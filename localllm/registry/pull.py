@@ -80,8 +80,9 @@ def _plan_hub_name(name: ModelName, snap: RepoSnapshot) -> PullPlan:
         if name.tag not in (None, "latest"):
             raise ModelNotFoundError(f"hf.co/{snap.repo} is an MLX/safetensors repo with no quant tags: pull it without `:{name.tag}`")
         return PullPlan(name.with_tag("latest"), "mlx", snap, _mlx_files(snap), "", snap.license)
-    quant = name.tag or DEFAULT_QUANT
-    files = _gguf_files(snap, quant, explicit=name.tag is not None)
+    explicit = name.tag not in (None, "latest")
+    quant = name.tag if explicit else DEFAULT_QUANT
+    files = _gguf_files(snap, quant, explicit=explicit)
     quant = quant_from_filename(files[0].path) or quant
     return PullPlan(name.with_tag(quant), "gguf", snap, files, quant, snap.license)
 

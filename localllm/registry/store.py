@@ -182,8 +182,9 @@ class ContentStore:
     # garbage collection
 
     def collect_garbage(self) -> int | None:
-        """Delete blobs and snapshots no manifest uses; return the bytes freed, or None
-        when a pull or import is running (its blobs are not in a manifest yet)."""
+        """Delete blobs and snapshots no manifest uses (and copies of killed imports);
+        return the bytes freed, or None when a pull or import is running (its blobs are
+        not in a manifest yet). Download partials are kept: the next pull resumes them."""
         lock = FileLock(self.locks / "gc.lock")
         if not lock.try_acquire():
             return None
@@ -197,6 +198,9 @@ class ContentStore:
                     if blob.name.startswith("sha256-") and blob.name[7:] not in used:
                         freed += blob.stat().st_size
                         blob.unlink()
+            if self.partials.is_dir():  # copies left by an import that was killed
+                for stale in self.partials.glob("import-*.partial"):
+                    stale.unlink(missing_ok=True)
             if self.snapshots.is_dir():
                 for snap in self.snapshots.iterdir():
                     if snap.name not in used_snapshots and not snap.name.startswith(".tmp-"):

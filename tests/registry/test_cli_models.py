@@ -159,5 +159,5 @@ def test_a_terminal_gets_a_progress_bar(env, hub, catalog_repo):
     proc.wait(timeout=30)
     text = screen.decode(errors="replace")
     assert proc.returncode == 0, text
-    assert "Llama-3.2-1B-Instruct-Q4_K_M.gguf" in text and "1.2/1.2 MB" in text
+    assert "Llama-3.2-1B-Instruct-Q4_K_M.gguf" in text and "1.1/1.1 MiB" in text
     assert "/s" in text and "\x1b[" in text  # a live bar with a rate, drawn with escapes

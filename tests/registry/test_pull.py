@@ -76,11 +76,15 @@ def test_hub_name_picks_quant_and_lists_the_others(settings, hub):
     with pytest.raises(ModelNotFoundError, match=r"no Q3_K_S file; available quants: Q4_K_M, Q8_0, F16: .*hf.co/someone/Tiny-GGUF:Q4_K_M"):
         pull("hf.co/someone/Tiny-GGUF:Q3_K_S", settings)
     assert resolve_model_path("hf.co/someone/Tiny-GGUF", settings) == entry.path
+    assert pull("hf.co/someone/Tiny-GGUF:latest", settings).name == entry.name
 
 
 def test_dropped_connection_resumes_with_range(settings, hub, catalog_repo, stories_bytes):
     hub.faults.drop_at, hub.faults.drops = 400_000, 1
-    entry = pull("llama3.2:1b", settings)
+    events = []
+    entry = pull("llama3.2:1b", settings, on_progress=events.append)
+    [note] = [e.detail for e in events if e.detail]
+    assert note.startswith("RemoteProtocolError") and note.endswith("from 400,000 bytes")
     assert sha256(entry.path.read_bytes()) == sha256(stories_bytes)
     cdn = cdn_requests(hub)
     assert [r.range for r in cdn] == [None, "bytes=400000-"]
@@ -225,3 +229,10 @@ def test_pulling_again_fetches_nothing_and_a_new_revision_replaces_the_blob(sett
     updated = pull("llama3.2:1b", settings)
     assert updated.digest != first.digest and not first.path.exists()
     assert [b.name for b in blobs(settings)] == [f"sha256-{updated.digest}"]
+
+
+def test_catalog_file_renamed_on_the_hub_is_found_by_its_quant(settings, hub, stories_bytes):
+    hub.add_repo(CATALOG_REPO, {"llama-3.2-1b-instruct-q4_k_m.gguf": stories_bytes, "llama-3.2-1b-instruct-q8_0.gguf": b"x"})
+    assert pull("llama3.2:1b", settings).path.read_bytes() == stories_bytes
+    with pytest.raises(ModelNotFoundError, match=r"has no Q6_K file; available quants: Q4_K_M, Q8_0"):
+        pull("llama3.2:1b-q6_k", settings)
