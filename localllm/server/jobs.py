@@ -1,0 +1,72 @@
+"""The one native request type every API shape translates into, and what comes back.
+
+A `GenerationJob` says which model, what prompt (a chat, plain text, token ids, or a
+fill-in-the-middle pair), how to sample and when to stop. The OpenAI and Ollama modules
+only parse into it and render out of `GenerationOutcome`; `service` runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from localllm.types import GenerationStats, Message, SamplingParams
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """Text continued as written (`templated=False`), or sent as one user turn through the
+    model's chat template when it has one (Ollama's /api/generate without `raw`)."""
+
+    text: str
+    system: str | None = None
+    templated: bool = False
+
+
+@dataclass(frozen=True)
+class TokenPrompt:
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class InfillPrompt:
+    """Fill in the middle: the model writes what goes between `prefix` and `suffix`."""
+
+    prefix: str
+    suffix: str
+
+
+Prompt = Union[ChatPrompt, TextPrompt, TokenPrompt, InfillPrompt]
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    model: str
+    prompt: Prompt
+    sampling: SamplingParams = SamplingParams()
+    max_tokens: int | None = None  # None: until end of text or a full context
+    max_tokens_param: str = "max_tokens"  # the field's name in the client's API, for errors
+    stop: tuple[str, ...] = ()
+    keep_alive_s: float | None = None
+    keep_alive_given: bool = False  # False: the model's own keep-alive applies
+    api: str = "native"  # metrics label: openai_chat, openai_completions, ollama_chat, ...
+
+
+@dataclass
+class GenerationOutcome:
+    """What a finished (or failed) generation leaves for the renderer."""
+
+    model: str
+    text: str = ""
+    finish_reason: str | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    load_s: float = 0.0  # time this request waited for its model to load
+    queued_s: float = 0.0  # time it waited for the engine
+    total_s: float = 0.0  # arrival to the last chunk
+    dropped_messages: int = 0  # turns the overflow policy let go
+    prompt_text: str | None = None  # the prompt as text, for OpenAI's `echo`
