@@ -30,7 +30,7 @@ from localllm.registry.hub import RETRYABLE_STATUS, HubClient
 from localllm.registry.store import ContentStore
 
 Report = Callable[[PullProgress], None]
-FSYNC_EVERY = 256 << 20  # bound what a power cut can take from a partial
+FSYNC_EVERY = 64 << 20  # bound what a power cut can take from a partial
 REPORT_EVERY_S = 0.1
 
 
@@ -184,28 +184,11 @@ def _transfer(hub, req, url, partial: Path, offset: int, hasher: _Hasher, progre
             with open(partial, "r+b" if partial.exists() else "wb") as f:
                 f.seek(offset)
                 f.truncate()
-                unsynced = 0
-                for chunk in resp.iter_bytes():
-                    if cancel is not None and cancel.is_set():
-                        raise PullCancelled(
-                            f"pull cancelled during {req.path}: {offset:,} of {req.size:,} bytes are kept "
-                            "and the next pull of this model resumes from there"
-                        )
-                    if offset + len(chunk) > req.size:
-                        chunk = chunk[: req.size - offset]  # the digest check will judge the file
-                    f.write(chunk)
-                    hasher.update(chunk)
-                    offset += len(chunk)
-                    unsynced += len(chunk)
-                    if unsynced >= FSYNC_EVERY:
-                        f.flush()
-                        os.fsync(f.fileno())
-                        unsynced = 0
-                    progress(offset)
-                    if offset >= req.size:
-                        break
-                f.flush()
-                os.fsync(f.fileno())
+                try:
+                    offset = _append(resp, f, req, offset, hasher, progress, cancel)
+                finally:  # also on Ctrl-C and drops: what was written survives a reboot
+                    f.flush()
+                    os.fsync(f.fileno())
     except httpx.TransportError as e:
         raise _Retry(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
     except OSError as e:
@@ -215,6 +198,31 @@ def _transfer(hub, req, url, partial: Path, offset: int, hasher: _Hasher, progre
                 "free some space (`localllm rm` a model you no longer use) and pull again to resume"
             ) from None
         raise
+
+
+def _append(resp, f, req: BlobRequest, offset: int, hasher: _Hasher, progress, cancel) -> int:
+    """Write the response body at `offset`, hashing and reporting as it goes."""
+    unsynced = 0
+    for chunk in resp.iter_bytes():
+        if cancel is not None and cancel.is_set():
+            raise PullCancelled(
+                f"pull cancelled during {req.path}: {offset:,} of {req.size:,} bytes are kept "
+                "and the next pull of this model resumes from there"
+            )
+        if offset + len(chunk) > req.size:
+            chunk = chunk[: req.size - offset]  # the digest check will judge the file
+        f.write(chunk)
+        hasher.update(chunk)
+        offset += len(chunk)
+        unsynced += len(chunk)
+        if unsynced >= FSYNC_EVERY:
+            f.flush()
+            os.fsync(f.fileno())
+            unsynced = 0
+        progress(offset)
+        if offset >= req.size:
+            break
+    return offset
 
 
 def _sleep(seconds: float, cancel: threading.Event | None, req: BlobRequest, kept: int) -> None:

@@ -20,7 +20,7 @@ from localllm.registry.catalog import DEFAULT_QUANT, load_catalog
 from localllm.registry.download import BlobRequest, fetch_blob
 from localllm.registry.entries import ModelEntry, PullProgress
 from localllm.registry.diskspace import check_disk
-from localllm.registry.errors import ModelNotFoundError
+from localllm.registry.errors import HubUnavailableError, ModelNotFoundError
 from localllm.registry.hub import HubClient, HubFile, RepoSnapshot, RetryPolicy
 from localllm.registry.lookup import preferred_format
 from localllm.registry.manifest import Manifest, ManifestFile
@@ -83,8 +83,8 @@ def _plan_hub_name(name: ModelName, snap: RepoSnapshot) -> PullPlan:
     explicit = name.tag not in (None, "latest")
     quant = name.tag if explicit else DEFAULT_QUANT
     files = _gguf_files(snap, quant, explicit=explicit)
-    quant = quant_from_filename(files[0].path) or quant
-    return PullPlan(name.with_tag(quant), "gguf", snap, files, quant, snap.license)
+    label = quant_from_filename(files[0].path)  # None for a file named without its quant
+    return PullPlan(name.with_tag(label or "latest"), "gguf", snap, files, label or "", snap.license)
 
 
 def _gguf_files(snap: RepoSnapshot, quant: str, explicit: bool) -> tuple[HubFile, ...]:
@@ -99,10 +99,12 @@ def _gguf_files(snap: RepoSnapshot, quant: str, explicit: bool) -> tuple[HubFile
     chosen = quant.upper()
     if chosen not in by_quant:
         if explicit:
-            example = available[0] if available[0] != "?" else (available[1:] or ["Q4_K_M"])[0]
+            labelled = [q for q in available if q != "?"]
+            shown = labelled + (["a file with no quant in its name (pull without a tag)"] if "?" in available else [])
+            example = f"hf.co/{snap.repo}:{labelled[0]}" if labelled else f"hf.co/{snap.repo}"
             raise ModelNotFoundError(
-                f"hf.co/{snap.repo} has no {chosen} file; available quants: {', '.join(available)}: "
-                f"pull one of them, for example `localllm pull hf.co/{snap.repo}:{example}`"
+                f"hf.co/{snap.repo} has no {chosen} file; available quants: {', '.join(shown)}: "
+                f"pull one of them, for example `localllm pull {example}`"
             )
         chosen = available[0]
     candidates = sorted(by_quant[chosen], key=lambda f: (f.path.count("/"), f.path))
@@ -151,6 +153,12 @@ def pull_model(
     store = ContentStore(settings.models_dir)
     with HubClient(retry=retry) as hub:
         plan = plan_pull(name, settings, hub, prefer_format)
+        unverifiable = [f.path for f in plan.files if not (f.sha256 or f.git_oid)]
+        if unverifiable:
+            raise HubUnavailableError(
+                f"{hub.endpoint} lists no checksum for {', '.join(unverifiable)} in hf.co/{plan.snapshot.repo}: "
+                "refusing to download it unverified; check HF_ENDPOINT points at a Hugging Face hub"
+            )
         pending = {
             BlobRequest(plan.snapshot.repo, plan.snapshot.revision, f.path, f.size, f.sha256, f.git_oid).key: f.size
             for f in plan.files if not (f.sha256 and store.has_blob(f.sha256, f.size))

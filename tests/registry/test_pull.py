@@ -236,3 +236,12 @@ def test_catalog_file_renamed_on_the_hub_is_found_by_its_quant(settings, hub, st
     assert pull("llama3.2:1b", settings).path.read_bytes() == stories_bytes
     with pytest.raises(ModelNotFoundError, match=r"has no Q6_K file; available quants: Q4_K_M, Q8_0"):
         pull("llama3.2:1b-q6_k", settings)
+
+
+def test_a_gguf_named_without_a_quant_pulls_as_latest(settings, hub):
+    hub.add_repo("someone/Plain-GGUF", {"model.gguf": b"GGUF" + os.urandom(100)})
+    entry = pull("hf.co/someone/Plain-GGUF", settings)
+    assert (entry.name, entry.quant) == ("hf.co/someone/Plain-GGUF:latest", "")
+    assert resolve_model_path("hf.co/someone/Plain-GGUF", settings) == entry.path
+    with pytest.raises(ModelNotFoundError, match=r"no Q8_0 file; available quants: a file with no quant in its name"):
+        pull("hf.co/someone/Plain-GGUF:Q8_0", settings)
