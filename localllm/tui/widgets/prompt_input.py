@@ -14,7 +14,7 @@ class PromptInput(TextArea):
     """A TextArea that sends on Enter."""
 
     BINDINGS = [
-        Binding("ctrl+j", "newline", "Newline", tooltip="Start a new line (Shift+Enter or Alt+Enter where the terminal tells them apart)"),
+        Binding("ctrl+j", "newline", "Newline", show=False, tooltip="Start a new line (Shift+Enter or Alt+Enter where the terminal tells them apart)"),
         Binding("shift+enter,alt+enter", "newline", "Newline", show=False),
     ]
 
@@ -34,6 +34,7 @@ class PromptInput(TextArea):
         """Up was pressed in an empty box: the user wants their last message back."""
 
     def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("placeholder", "Message · Enter sends · Ctrl+J new line")
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
 
     async def _on_key(self, event: events.Key) -> None:
