@@ -166,7 +166,7 @@ class HubClient:
             except httpx.TransportError as e:
                 problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             failures += 1
-            if failures >= self.retry.attempts:
+            if failures >= min(self.retry.attempts, 4):  # a listing is small: fail fast when offline
                 raise HubUnavailableError(
                     f"cannot get the file list of {what} from {self.endpoint} ({problem}, {failures} tries): "
                     "check your network and HF_ENDPOINT, then pull again"

@@ -245,3 +245,14 @@ def test_a_gguf_named_without_a_quant_pulls_as_latest(settings, hub):
     assert resolve_model_path("hf.co/someone/Plain-GGUF", settings) == entry.path
     with pytest.raises(ModelNotFoundError, match=r"no Q8_0 file; available quants: a file with no quant in its name"):
         pull("hf.co/someone/Plain-GGUF:Q8_0", settings)
+
+
+def test_an_unreachable_hub_says_so(settings, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(HubUnavailableError, match=r"cannot get the file list of hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF .*ConnectError.*check your network and HF_ENDPOINT"):
+        pull("llama3.2:1b", settings)
