@@ -175,7 +175,7 @@ class PullResponse:
         def on_progress(p) -> None:
             line = {"status": p.status}
             if getattr(p, "digest", None):
-                line["digest"] = p.digest
+                line["digest"] = p.digest if ":" in p.digest else "sha256:" + p.digest  # Ollama's spelling
             if getattr(p, "total", None):
                 line["total"] = p.total
                 line["completed"] = getattr(p, "completed", 0) or 0
