@@ -87,16 +87,17 @@ class LoadedModel:
         self.engine.close()
 
 
-def load_model(name: str, settings: Settings, *, chat_template: str | None = None) -> LoadedModel:
+def load_model(name: str, settings: Settings, *, chat_template: str | None = None, force: bool = False) -> LoadedModel:
     """Resolve `name` (registry name or path), load it and start its engine.
-    `chat_template` overrides the model's own template (text of a Jinja template)."""
+    `chat_template` overrides the model's own template (text of a Jinja template);
+    `force` loads even when the memory preflight says it will not fit."""
     from localllm.backend.select import load_backend
     from localllm.registry import resolve_model_path
     from localllm.tokenizer.chat import ChatPrompter
 
     path = resolve_model_path(name, settings)
     t0 = time.perf_counter()
-    backend = load_backend(str(path), settings)
+    backend = load_backend(str(path), settings, force=force)
     try:
         template = chat_template if chat_template is not None else backend.info.chat_template
         prompter = ChatPrompter(backend, template, model_name=name)

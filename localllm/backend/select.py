@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from dataclasses import replace
 
 from localllm.backend.gguf_header import inspect_gguf
 from localllm.backend.protocol import Backend
@@ -35,8 +36,13 @@ def supported_gguf_architectures() -> frozenset[str]:
     return frozenset(MODEL_ARCH_NAMES.values())
 
 
-def load_backend(model_path: str, settings: Settings) -> Backend:
-    """Validate the model file, then load it into the backend the settings ask for."""
+# KV pool of the llama.cpp backend, in full contexts (the active one plus cached prefixes).
+KV_POOL = 2
+
+
+def load_backend(model_path: str, settings: Settings, force: bool = False) -> Backend:
+    """Validate the model file, check it fits in memory (unless `force`), then load it
+    into the backend the settings ask for."""
     name = resolve_backend_name(settings.backend)
     if name == "mlx":
         raise BackendUnavailableError(
@@ -56,9 +62,13 @@ def load_backend(model_path: str, settings: Settings) -> Backend:
         ) from None
     # A context beyond what the model was trained on gives garbage; cap it there.
     ctx_size = min(settings.ctx_size, info.context_length) if info.context_length else settings.ctx_size
+    from localllm.backend.preflight import check_memory
+
+    check_memory(info, replace(settings, ctx_size=ctx_size), force=force, kv_contexts=KV_POOL)
     return LlamaCppBackend(
         info,
         ctx_size=ctx_size,
+        kv_pool=KV_POOL,
         threads=settings.resolved_threads,
         kv_type=settings.kv_type,
         verbose=settings.verbose,

@@ -82,7 +82,7 @@ def run_command(args) -> int:
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
-    model = load_model(args.model, settings, chat_template=template)
+    model = load_model(args.model, settings, chat_template=template, force=bool(args.force))
     try:
         if settings.verbose:
             mem = model.engine.backend.memory()
