@@ -69,4 +69,3 @@ class GenerationOutcome:
     queued_s: float = 0.0  # time it waited for the engine
     total_s: float = 0.0  # arrival to the last chunk
     dropped_messages: int = 0  # turns the overflow policy let go
-    prompt_text: str | None = None  # the prompt as text, for OpenAI's `echo`

@@ -34,6 +34,7 @@ class ModelSlot:
     error: BaseException | None = None
     refs: int = 0
     load_s: float = 0.0
+    loaded_at: float = 0.0  # wall-clock time it became ready
     last_used: float = 0.0
     expires_at: float | None = None  # wall-clock time, for /api/ps; None: never
     gate: EngineGate = field(default_factory=EngineGate)
@@ -99,8 +100,9 @@ class ModelManager:
             from localllm.registry import resolve_model_path as resolver
         try:
             path = await asyncio.to_thread(resolver, name, self.settings)
-        except UserError as e:
-            raise NotFound(f"model '{name}' not found: {e}", code="model_not_found", param="model") from None
+        except UserError as e:  # the registry's message names the model and what to do
+            message = str(e) if name in str(e) else f"model '{name}' not found: {e}"
+            raise NotFound(message, code="model_not_found", param="model") from None
         if not Path(path).exists():
             raise NotFound(f"model '{name}' not found: no file at {path}; pull it or give the path "
                            "of a GGUF file", code="model_not_found", param="model")
@@ -202,6 +204,7 @@ class ModelManager:
             return
         slot.model = model
         slot.load_s = time.perf_counter() - t0
+        slot.loaded_at = time.time()
         slot.state = READY
         slot.last_used = time.monotonic()
         if self._on_load is not None:

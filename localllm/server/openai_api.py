@@ -300,7 +300,7 @@ async def list_models(request: Request):
     for slot in server.models.slots():
         if slot.name not in seen:
             seen.add(slot.name)
-            data.append(_model_object(slot.name, time.time() - slot.load_s))
+            data.append(_model_object(slot.name, slot.loaded_at or time.time()))
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -312,7 +312,7 @@ async def get_model(request: Request):
             return JSONResponse(_model_object(entry.name, entry.modified))
     slot = server.models.find(name)
     if slot is not None:
-        return JSONResponse(_model_object(slot.name, time.time()))
+        return JSONResponse(_model_object(slot.name, slot.loaded_at or time.time()))
     raise NotFound(f"model '{name}' not found: see GET /v1/models for the models this server has",
                    param="model", code="model_not_found")
 

@@ -167,3 +167,31 @@ def test_unknown_route_and_method(http):
     assert openai_error(http.get("/v1/embeddings"), 404)["code"] == "not_found"
     assert ollama_error(http.get("/api/nothing"), 404)
     assert ollama_error(http.get("/api/chat"), 405)
+
+
+@pytest.fixture(scope="module")
+def dropping(stories_path, tmp_path_factory):
+    from dataclasses import replace
+
+    from localllm.server.config import ServerConfig
+    from tests.server.conftest import server_settings, start_server
+
+    settings = replace(server_settings(tmp_path_factory.mktemp("drop-home"), ctx_size=256), overflow="drop-oldest")
+    running = start_server(ServerConfig(port=0, preload=str(stories_path)), settings)
+    yield running
+    running.stop()
+
+
+def test_drop_oldest_policy_says_what_it_dropped(dropping, model_name):
+    turn = "Once upon a time there was a cat who liked to play. " * 3
+    messages = []
+    for _ in range(6):
+        messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": turn}]
+    messages.append({"role": "user", "content": "What happened next?"})
+    import httpx
+
+    r = httpx.post(dropping.url + "/v1/chat/completions", timeout=60,
+                   json={"model": model_name, "messages": messages, "max_tokens": 16})
+    assert r.status_code == 200, r.text
+    assert int(r.headers["x-localllm-dropped-messages"]) >= 2
+    assert r.json()["usage"]["prompt_tokens"] + 16 <= 256
