@@ -1,0 +1,110 @@
+"""A GGUF file's vocabulary as a `Tokenizer`, through llama.cpp's own tokenizer.
+
+The file is loaded vocab-only (`vocab_only=True`): no weights are read, so this is cheap
+even for a large model, and the ids are exactly those the llama.cpp backend feeds the
+model. Metadata (chat template, space prefix) comes from the GGUF header.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import Mapping
+
+import llama_cpp
+
+from . import llama_log
+from localllm.backend.gguf_header import read_header
+from localllm.errors import ModelFileError
+from localllm.tokenizer.base import TokenizerBase, end_of_turn_ids_from
+
+
+class GGUFVocabTokenizer(TokenizerBase):
+    """llama.cpp's tokenizer for the vocabulary inside one GGUF file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta, _ = read_header(self.path)  # a clear error for a missing or foreign file
+        template = meta.get("tokenizer.chat_template")
+        self.chat_template = template if isinstance(template, str) else None
+        self.metadata = {k: v for k, v in meta.items() if not k.startswith("_")}
+        self._log = llama_log.install(False)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            detail = self._log.last_error() or "llama.cpp could not read it"
+            raise ModelFileError(f"{self.path}: cannot load the vocabulary ({detail}): the file may be corrupted or too new")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._lock = threading.Lock()  # the piece cache and buffers are shared
+
+        self.vocab_size = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        eos = llama_cpp.llama_vocab_eos(self._vocab)
+        self.bos_id = bos if bos >= 0 else None
+        self.eos_id = eos if eos >= 0 else None
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)) and self.bos_id is not None
+        kind = meta.get("tokenizer.ggml.model")
+        self.adds_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", kind == "llama"))
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    # -- text <-> ids ------------------------------------------------------------------
+
+    def encode(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        with_bos = add_bos and self.add_bos
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, with_bos, special)
+        if n < 0:  # the buffer was too small: llama.cpp says how many ids it needs
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, with_bos, special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            with self._lock:
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+                piece = self._piece_buf.raw[: max(n, 0)]
+            self._pieces[token] = piece
+        return piece
+
+    def token_text(self, token: int) -> str:
+        return (llama_cpp.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", errors="replace")
+
+    def is_control(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_control(self._vocab, token))
+
+    # -- special tokens ----------------------------------------------------------------
+
+    @cached_property
+    def special_tokens(self) -> Mapping[str, int]:
+        control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+        return {
+            self.token_text(t): t
+            for t in range(self.vocab_size)
+            if llama_cpp.llama_vocab_get_attr(self._vocab, t) & control
+        }
+
+    @cached_property
+    def end_of_turn_ids(self) -> frozenset[int]:
+        # llama.cpp's end-of-generation set already holds the family's end-of-turn tokens.
+        eog = [t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
+        return end_of_turn_ids_from(self.special_tokens, [self.eos_id, *eog])
+
+    def close(self) -> None:
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
