@@ -122,17 +122,17 @@ class ChatPrompter:
 
     def _segments(self, conversation: list[dict], text: str, add_generation_prompt: bool, extra: dict) -> list[Segment]:
         """`text` cut into the template's markup and the message contents."""
-        nonce = secrets.token_hex(6)
-        holders = {f"\ue000{nonce}:{i}\ue001": m["content"] for i, m in enumerate(conversation) if m["content"]}
+        nonce = secrets.token_hex(6)  # placeholders start with letters, so case filters show
+        holders = {f"\ue000msg{nonce}:{i}\ue001": m["content"] for i, m in enumerate(conversation) if m["content"]}
         skeleton_conversation = [
-            {**m, "content": f"\ue000{nonce}:{i}\ue001" if m["content"] else ""} for i, m in enumerate(conversation)
+            {**m, "content": f"\ue000msg{nonce}:{i}\ue001" if m["content"] else ""} for i, m in enumerate(conversation)
         ]
         skeleton = self._render(skeleton_conversation, add_generation_prompt, extra)
         if not holders:
             return [(text, False)]
         pattern = re.compile("|".join(re.escape(h) for h in holders))
         markup = pattern.split(skeleton)
-        if any(nonce in part.lower() for part in markup):
+        if any("\ue000" in part or "\ue001" in part for part in markup):
             raise ChatTemplateError(
                 f"the chat template of {self.model_name or 'this model'} rewrites message contents in a way "
                 f"localllm cannot tokenize safely: {OVERRIDE_HINT}"
@@ -220,8 +220,9 @@ class ChatPrompter:
 
 
 def _align(text: str, markup: list[str], contents: list[str]) -> list[Segment] | None:
-    """Find each content between its markup in `text`, as written or trimmed the way
-    templates trim (`| trim`, `.strip()`, `.lstrip()`, `.rstrip()`); None if they do not fit."""
+    """Find each content between its markup in `text`, in one of the forms templates
+    write it; None if they do not fit. Markup segments are always the template's own text
+    (from the placeholder render), never a user's."""
     segments: list[Segment] = []
     pos = 0
     for i, part in enumerate(markup):
@@ -233,7 +234,7 @@ def _align(text: str, markup: list[str], contents: list[str]) -> list[Segment] |
             break
         following = markup[i + 1]
         content = contents[i]
-        for candidate in dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())):
+        for candidate in _as_templates_write(content):
             end = pos + len(candidate)
             if text.startswith(candidate, pos) and text.startswith(following, end):
                 segments.append((candidate, True))
@@ -242,6 +243,16 @@ def _align(text: str, markup: list[str], contents: list[str]) -> list[Segment] |
         else:
             return None
     return segments if pos == len(text) else None
+
+
+def _as_templates_write(content: str) -> dict[str, None]:
+    """The ways templates are known to write a content: as is, trimmed, or (reasoning
+    models: Qwen3, DeepSeek-R1) with the thinking before "</think>" dropped."""
+    forms = [content, content.strip(), content.lstrip(), content.rstrip()]
+    if "</think>" in content:
+        answer = content.split("</think>")[-1]
+        forms += [answer.lstrip("\n"), answer.strip()]
+    return dict.fromkeys(forms)
 
 
 def _fold_system_message(conversation: list[dict]) -> list[dict] | None:
