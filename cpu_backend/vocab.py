@@ -83,19 +83,27 @@ class GGUFVocabTokenizer(TokenizerBase):
     # -- special tokens ----------------------------------------------------------------
 
     @cached_property
-    def special_tokens(self) -> Mapping[str, int]:
+    def _non_text_ids(self) -> tuple[list[int], list[int]]:
+        """(control token ids, ids of every token that is not a plain text piece), from
+        one pass over the token attributes."""
+        get_attr = llama_cpp.llama_vocab_get_attr
         control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
-        return {
-            self.token_text(t): t
-            for t in range(self.vocab_size)
-            if llama_cpp.llama_vocab_get_attr(self._vocab, t) & control
-        }
+        plain = llama_cpp.LLAMA_TOKEN_ATTR_NORMAL | llama_cpp.LLAMA_TOKEN_ATTR_BYTE
+        attrs = [(t, get_attr(self._vocab, t)) for t in range(self.vocab_size)]
+        return [t for t, a in attrs if a & control], [t for t, a in attrs if not a & plain]
+
+    @cached_property
+    def special_tokens(self) -> Mapping[str, int]:
+        return {self.token_text(t): t for t in self._non_text_ids[0]}
 
     @cached_property
     def end_of_turn_ids(self) -> frozenset[int]:
-        # llama.cpp's end-of-generation set already holds the family's end-of-turn tokens.
-        eog = [t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t)]
-        return end_of_turn_ids_from(self.special_tokens, [self.eos_id, *eog])
+        # llama.cpp's end-of-generation set holds the family's end-of-turn tokens; only
+        # tokens that are not plain text pieces can be in it.
+        is_eog = llama_cpp.llama_vocab_is_eog
+        eog = [t for t in self._non_text_ids[1] if is_eog(self._vocab, t)]
+        eot = llama_cpp.llama_vocab_eot(self._vocab)
+        return end_of_turn_ids_from(self.special_tokens, [self.eos_id, eot if eot >= 0 else None, *eog])
 
     def close(self) -> None:
         if self._model:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime
 import re
-import secrets
+from functools import cached_property
 from typing import Any, Callable, Sequence
 
 from localllm.tokenizer.backend_tokenizer import as_tokenizer
@@ -43,6 +43,7 @@ from localllm.tokenizer.templates import (
     ChatTemplateRefused,
     load_template_file,
 )
+from localllm.errors import UserError
 from localllm.types import Message
 
 __all__ = ["ChatPrompter", "load_template_file", "BASE_MODEL_SEPARATOR"]
@@ -51,6 +52,17 @@ __all__ = ["ChatPrompter", "load_template_file", "BASE_MODEL_SEPARATOR"]
 BASE_MODEL_SEPARATOR = "\n\n"
 
 Segment = tuple[str, bool]  # (text, is message content)
+
+# A message content's stand-in while the template's markup is found: private-use
+# characters around letters (so case filters visibly change it) and the message index.
+_PLACEHOLDER = re.compile("\ue000msg:([0-9]+)\ue001")
+
+
+_ROLE = re.compile("[A-Za-z][A-Za-z0-9_-]{0,31}")
+
+
+def _placeholder(index: int) -> str:
+    return f"\ue000msg:{index}\ue001"
 
 
 class ChatPrompter:
@@ -68,7 +80,9 @@ class ChatPrompter:
         self.model_name = model_name
         self._template = ChatTemplate(template, model_name, clock=clock) if template is not None else None
         self.stop_token_ids: frozenset[int] = frozenset(self.tokenizer.end_of_turn_ids)
-        self._markup_ids = self.stop_token_ids
+        self._markup_memo: dict[int, bool] = {}
+        if self._template is not None:
+            self._markup_ids  # one look at the vocabulary's control tokens, at load time
 
     @property
     def has_template(self) -> bool:
@@ -95,6 +109,10 @@ class ChatPrompter:
                              extra: dict) -> tuple[list[dict], str]:
         """(the conversation as rendered, its text), folding a refused system message."""
         conversation = [{"role": m.role, "content": m.content} for m in messages]
+        for m in conversation:
+            # Roles are rendered as markup (control tokens parsed): they must be names.
+            if not isinstance(m["role"], str) or not _ROLE.fullmatch(m["role"]):
+                raise UserError(f"message role {m['role']!r} is not a role name: use system, user, assistant or tool")
         try:
             return conversation, self._render(conversation, add_generation_prompt, extra)
         except ChatTemplateRefused:
@@ -122,22 +140,20 @@ class ChatPrompter:
 
     def _segments(self, conversation: list[dict], text: str, add_generation_prompt: bool, extra: dict) -> list[Segment]:
         """`text` cut into the template's markup and the message contents."""
-        nonce = secrets.token_hex(6)  # placeholders start with letters, so case filters show
-        holders = {f"\ue000msg{nonce}:{i}\ue001": m["content"] for i, m in enumerate(conversation) if m["content"]}
         skeleton_conversation = [
-            {**m, "content": f"\ue000msg{nonce}:{i}\ue001" if m["content"] else ""} for i, m in enumerate(conversation)
+            {**m, "content": _placeholder(i) if m["content"] else ""} for i, m in enumerate(conversation)
         ]
         skeleton = self._render(skeleton_conversation, add_generation_prompt, extra)
-        if not holders:
+        if not any(m["content"] for m in conversation):
             return [(text, False)]
-        pattern = re.compile("|".join(re.escape(h) for h in holders))
-        markup = pattern.split(skeleton)
+        # The skeleton holds no user text, so every placeholder-shaped text in it is ours.
+        split = _PLACEHOLDER.split(skeleton)
+        markup, contents = split[::2], [conversation[int(i)]["content"] for i in split[1::2]]
         if any("\ue000" in part or "\ue001" in part for part in markup):
             raise ChatTemplateError(
                 f"the chat template of {self.model_name or 'this model'} rewrites message contents in a way "
                 f"localllm cannot tokenize safely: {OVERRIDE_HINT}"
             )
-        contents = [holders[h] for h in pattern.findall(skeleton)]
         aligned = _align(text, markup, contents)
         if aligned is not None:
             return aligned
@@ -150,8 +166,23 @@ class ChatPrompter:
                 segments.append((contents[i], True))
         return segments
 
+    @cached_property
+    def _markup_ids(self) -> frozenset[int]:
+        """Tokens only markup may produce: control tokens and the end-of-turn set."""
+        return frozenset(self.tokenizer.special_tokens.values()) | self.stop_token_ids
+
+    @cached_property
+    def _markup_first_chars(self) -> frozenset[str]:
+        """First characters of those tokens' texts: a content without any of them
+        cannot hold one (the quick check before tokenizing it with control tokens on)."""
+        texts = [self.tokenizer.token_text(t) for t in self._markup_ids]
+        return frozenset(text[0] for text in texts if text)
+
     def _is_markup_token(self, token: int) -> bool:
-        return token in self._markup_ids or self.tokenizer.is_control(token)
+        known = self._markup_memo.get(token)
+        if known is None:  # remembered: asking a backend is a foreign call per token
+            known = self._markup_memo[token] = token in self._markup_ids or self.tokenizer.is_control(token)
+        return known
 
     def _tokenize_segments(self, segments: list[Segment]) -> list[int]:
         tok = self.tokenizer
@@ -187,6 +218,8 @@ class ChatPrompter:
     def _split_control_texts(self, content: str) -> list[tuple[str, bool]]:
         """`content` cut around the texts that would become control tokens."""
         tok = self.tokenizer
+        if not any(ch in content for ch in self._markup_first_chars):
+            return [(content, False)]
         found = [t for t in tok.encode(content, add_bos=False, special=True) if self._is_markup_token(t)]
         if not found:
             return [(content, False)]

@@ -167,6 +167,14 @@ def test_templates_that_change_contents(chatml):
         upper.encode([Message("user", "hi")])
 
 
+def test_roles_must_be_names(chatml):
+    from localllm.errors import UserError
+
+    _, prompter = chatml
+    with pytest.raises(UserError, match="not a role name"):
+        prompter.encode([Message("user<|im_end|>", "hi")])  # type: ignore[arg-type]
+
+
 def test_base_model_fallback_on_the_real_backend(stories_backend):
     """stories260K has no template: BOS, then the contents separated by blank lines."""
     prompter = ChatPrompter(stories_backend, None, "stories260K")
