@@ -4,17 +4,22 @@
 
 How a conversation becomes tokens, for a model with a chat template:
 1. The template is rendered twice: with the real message contents, and with each
-   non-empty content replaced by a unique placeholder. The second render shows which
-   text is the template's own markup; walking both renders side by side finds each
-   content in the real one (templates may `trim` it).
+   non-empty content replaced by a placeholder. The second render holds no user text,
+   so it shows exactly which text is the template's own markup; walking both renders
+   side by side finds each content in the real one, as written or in the forms templates
+   write it (trimmed; reasoning models without the text before "</think>"). If a content
+   cannot be found, the markup is kept and the content put in as written; if the
+   template mangles the placeholder itself (`| upper`), that is a `ChatTemplateError`.
 2. The rendered prompt is tokenized as one text with control tokens parsed, exactly as
    llama.cpp and transformers tokenize a rendered prompt, except that any control-token
    text found inside a message content (a user typing "<|im_end|>") is cut out and
-   tokenized as plain text.
-3. The control tokens of the result must be exactly those of the markup. If not (a
-   template that rewrites contents, or text that joins a content to the markup into a
-   control token), every content is tokenized on its own as plain text instead.
-So message contents can never produce a control token, whatever a user types.
+   tokenized as plain text. (With SentencePiece vocabularies that mark the first word
+   with a space, the cut may add a space there; nothing else changes.)
+3. The control tokens of the result must be exactly those of the markup. If not (text
+   that joins a content to the markup into a control token), each content is tokenized
+   on its own as plain text instead.
+So message contents can never produce a control or end-of-turn token, whatever a user
+types. Roles are markup, so they must be plain names.
 
 BOS: a template that writes `{{ bos_token }}` gets no second one; otherwise BOS is
 prepended when the vocabulary asks for it.
@@ -34,6 +39,7 @@ import re
 from functools import cached_property
 from typing import Any, Callable, Sequence
 
+from localllm.errors import UserError
 from localllm.tokenizer.backend_tokenizer import as_tokenizer
 from localllm.tokenizer.protocol import Tokenizer, token_text_or_empty
 from localllm.tokenizer.templates import (
@@ -43,7 +49,6 @@ from localllm.tokenizer.templates import (
     ChatTemplateRefused,
     load_template_file,
 )
-from localllm.errors import UserError
 from localllm.types import Message
 
 __all__ = ["ChatPrompter", "load_template_file", "BASE_MODEL_SEPARATOR"]
@@ -82,7 +87,7 @@ class ChatPrompter:
         self.stop_token_ids: frozenset[int] = frozenset(self.tokenizer.end_of_turn_ids)
         self._markup_memo: dict[int, bool] = {}
         if self._template is not None:
-            self._markup_ids  # one look at the vocabulary's control tokens, at load time
+            self._markup_first_chars  # one look at the vocabulary's control tokens, at load time
 
     @property
     def has_template(self) -> bool:
@@ -167,21 +172,19 @@ class ChatPrompter:
         return segments
 
     @cached_property
-    def _markup_ids(self) -> frozenset[int]:
-        """Tokens only markup may produce: control tokens and the end-of-turn set."""
-        return frozenset(self.tokenizer.special_tokens.values()) | self.stop_token_ids
-
-    @cached_property
     def _markup_first_chars(self) -> frozenset[str]:
-        """First characters of those tokens' texts: a content without any of them
-        cannot hold one (the quick check before tokenizing it with control tokens on)."""
-        texts = [self.tokenizer.token_text(t) for t in self._markup_ids]
+        """First characters of the texts of control and end-of-turn tokens: a content
+        without any of them cannot hold one (the quick check before tokenizing it with
+        control tokens parsed)."""
+        tok = self.tokenizer
+        texts = [*tok.special_tokens, *(tok.token_text(t) for t in self.stop_token_ids)]
         return frozenset(text[0] for text in texts if text)
 
     def _is_markup_token(self, token: int) -> bool:
+        """True for the tokens only markup may produce: control and end-of-turn tokens."""
         known = self._markup_memo.get(token)
         if known is None:  # remembered: asking a backend is a foreign call per token
-            known = self._markup_memo[token] = token in self._markup_ids or self.tokenizer.is_control(token)
+            known = self._markup_memo[token] = token in self.stop_token_ids or self.tokenizer.is_control(token)
         return known
 
     def _tokenize_segments(self, segments: list[Segment]) -> list[int]:

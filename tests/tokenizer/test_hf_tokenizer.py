@@ -60,7 +60,7 @@ def test_bos_from_the_post_processor(llama3_folder, tmp_path):
 
 
 def test_sentencepiece_style_tokenizer_json_with_byte_fallback(tmp_path):
-    from tokenizers import Tokenizer as HFLib, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as HFLib, decoders, models, normalizers
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
