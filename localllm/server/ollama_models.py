@@ -184,6 +184,8 @@ class PullResponse:
         registry = _registry()
         pull = asyncio.ensure_future(asyncio.to_thread(
             registry.pull_model, self.name, self.server.settings, on_progress=on_progress, cancel=self.cancel))
+        # A pull whose client left still ends (cancelled); its outcome is nobody's to log.
+        pull.add_done_callback(lambda f: f.cancelled() or f.exception())
         if not self.stream:
             try:
                 await asyncio.shield(pull)
