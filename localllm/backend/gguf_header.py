@@ -124,6 +124,8 @@ def check_complete(path: str | os.PathLike, meta: dict, tensors: list[tuple]) ->
             raise ModelFileError(f"{path}: tensor {name} has unknown type {ggml_type}: file corrupted or too new") from None
         total += n
         end = max(end, offset + n)
+    if not tensors:  # a vocab-only file ends with its header
+        return 0
     size = os.path.getsize(path)
     need = meta["_data_start"] + end
     if size < need:

@@ -49,6 +49,8 @@ def load_backend(model_path: str, settings: Settings, force: bool = False) -> Ba
             "the MLX backend is not available in this version of localllm yet: use --backend llamacpp"
         )
     info = inspect_gguf(model_path)
+    if info.n_params == 0:
+        raise ModelFileError(f"{model_path}: holds only a vocabulary, no weights: give the model's full GGUF file")
     if info.architecture not in supported_gguf_architectures():
         raise ModelFileError(
             f"{model_path}: unsupported model architecture {info.architecture!r}: "

@@ -127,6 +127,13 @@ def test_unsupported_architecture(tmp_path):
     expect_error(run_cli("run", str(path), "hi"), str(path), "unsupported model architecture 'alienformer'")
 
 
+def test_vocabulary_only_gguf():
+    from conftest import require_model
+
+    path = require_model("llama-vocab-spm/ggml-vocab-llama-spm.gguf")
+    expect_error(run_cli("run", str(path), "hi"), str(path), "only a vocabulary")
+
+
 def test_prompt_longer_than_context(stories_path):
     r = run_cli("run", str(stories_path), "--ctx-size", "64", input="Once upon a time " * 40)
     expect_error(r, "the prompt has", "context holds 64", "--ctx-size")
