@@ -57,7 +57,7 @@ class LlamaCppBackend:
         ctx_size: int = 4096,
         threads: int = 1,
         kv_type: str = "f16",
-        kv_pool: int = 2,
+        kv_pool: int = 1,
         n_batch: int = 512,
         verbose: bool = False,
     ):
@@ -76,9 +76,8 @@ class LlamaCppBackend:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
 
         cparams = llama_cpp.llama_context_default_params()
-        # The KV pool holds `kv_pool` full contexts, shared by all caches: the active one
-        # plus prefixes kept for later requests (see localllm.kvcache). Each sequence is
-        # still limited to `ctx_size` by `forward`.
+        # The KV buffer holds `kv_pool` full contexts, shared by all caches (unified);
+        # each sequence is still limited to `ctx_size` by `forward`.
         cparams.n_ctx = ctx_size * max(1, kv_pool)
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch

@@ -36,8 +36,9 @@ def supported_gguf_architectures() -> frozenset[str]:
     return frozenset(MODEL_ARCH_NAMES.values())
 
 
-# KV pool of the llama.cpp backend, in full contexts (the active one plus cached prefixes).
-KV_POOL = 2
+# KV buffer of the llama.cpp backend, in full contexts: only the working cache lives
+# there (the KV-cache manager parks others in host memory).
+KV_POOL = 1
 
 
 def load_backend(model_path: str, settings: Settings, force: bool = False) -> Backend:

@@ -1,15 +1,21 @@
 """Which cache serves a request, and what stays cached afterwards.
 
-The manager keeps a small pool of backend caches ("slots"), each holding the tokens of
-some earlier request. For a new prompt it picks the slot sharing the longest prefix:
-- the slot's tokens are all a prefix of the prompt (the next turn of a conversation):
-  that slot serves the request and only the new tokens are prefilled;
-- they share only part (a common system prompt, or an edited/regenerated turn): the
-  shared part is copied into a free slot (`copy_prefix`, which shares the cells rather
-  than copying them), so the original stays intact for whoever comes back to it.
-Free slots are evicted least-recently-used first when the byte budget or the backend's
-KV cells run short. With a `SnapshotStore`, long caches are saved to disk when released
-and a prompt that no slot covers is looked up there before any prefill.
+The backend's KV buffer holds one working cache: the conversation being served. Other
+caches are kept as saved state in host memory ("parked"), because sequences left in a
+shared KV buffer make every later decode step attend over their cells too (measured:
+a third cached conversation slowed decode to 0.6x on stories260K).
+
+For a new prompt the manager finds the cache sharing the longest prefix with it:
+- the working cache (the next turn of the same conversation): extended in place, only
+  the new tokens are prefilled; if it diverges from the prompt (an edited or regenerated
+  turn, another request sharing a system prompt), it is parked first when its tail is
+  worth keeping, then trimmed back to the common prefix;
+- a parked cache: its state is loaded into the working cache (a copy, far cheaper than
+  a prefill) and trimmed to the common prefix;
+- a disk snapshot (`SnapshotStore`): loaded the same way, so a reopened conversation or
+  a restarted process does not re-prefill.
+Parked caches are evicted least-recently-used under a byte budget. Long caches are
+snapshotted to disk when released and when the manager closes.
 
 It works on token ids and the backend protocol only, and runs on the engine thread.
 """
@@ -23,23 +29,24 @@ from typing import Sequence
 from localllm.backend.protocol import Backend, Cache
 from localllm.kvcache.prefix import common_prefix_length
 
+# Parking a diverging working cache is only worth it for a tail this long.
+MIN_PARK_TAIL = 32
+
 
 @dataclass
-class _Slot:
-    cache: Cache
-    last_used: float = 0.0
-    busy: bool = False
-    snapshot_len: int = 0  # tokens of this slot already saved to disk
+class _Parked:
+    tokens: list[int]
+    state: bytes
+    last_used: float = field(default_factory=time.monotonic)
 
 
 @dataclass
 class Lease:
-    """A cache lent to one request; give it back with `KVCacheManager.release`."""
+    """The working cache lent to one request; give it back with `release`."""
 
     cache: Cache
     reused_tokens: int
-    source: str  # "slot", "prefix", "snapshot" or "none"
-    _slot: _Slot = field(repr=False, default=None)
+    source: str  # "working", "parked", "snapshot" or "none"
 
 
 @dataclass
@@ -48,6 +55,8 @@ class CacheStats:
     hits: int = 0  # requests that reused at least one cached token
     reused_tokens: int = 0
     prompt_tokens: int = 0
+    parks: int = 0
+    restores: int = 0
     snapshot_loads: int = 0
     snapshot_saves: int = 0
     evictions: int = 0
@@ -63,162 +72,125 @@ class CacheStats:
 
 
 class KVCacheManager:
-    """Lends caches to requests so that shared prefixes are prefilled once.
+    """Lends the working cache to requests so that shared prefixes are prefilled once.
 
-    `budget_bytes` bounds what idle slots may hold (default: the backend's whole KV pool);
-    `max_slots` bounds how many caches exist at once; `enabled=False` gives every request
-    a fresh cache (for comparisons and for users who want no reuse).
+    `budget_bytes` bounds the parked caches (default: one full context's KV);
+    `enabled=False` gives every request an empty cache (for comparisons, or no reuse).
     """
 
-    def __init__(self, backend: Backend, budget_bytes: int | None = None, max_slots: int = 4,
-                 snapshots=None, enabled: bool = True, min_snapshot_tokens: int = 256):
+    def __init__(self, backend: Backend, budget_bytes: int | None = None, snapshots=None,
+                 enabled: bool = True, min_snapshot_tokens: int = 256):
         self.backend = backend
         self.bytes_per_token = max(1, backend.kv_bytes_per_token)
-        pool_bytes = backend.kv_cells * self.bytes_per_token
-        self.budget_bytes = pool_bytes if budget_bytes is None else min(budget_bytes, pool_bytes)
-        self.max_slots = max_slots
+        self.budget_bytes = backend.n_ctx * self.bytes_per_token if budget_bytes is None else budget_bytes
         self.snapshots = snapshots
         self.enabled = enabled
         self.min_snapshot_tokens = min_snapshot_tokens
-        self.slots: list[_Slot] = []
+        self.parked: list[_Parked] = []
+        self.working: Cache | None = None
+        self._snapshot_len = 0  # tokens of the working cache already on disk
         self.stats = CacheStats()
 
     # -- lending ------------------------------------------------------------------------
 
     def acquire(self, prompt: Sequence[int], reserve: int = 0) -> Lease:
-        """A cache for `prompt`, holding as much of it as can be found, with room for
-        `reserve` more tokens after it."""
+        """The working cache, holding as much of `prompt` as can be found."""
         prompt = list(prompt)
         self.stats.requests += 1
         self.stats.prompt_tokens += len(prompt)
+        if self.working is None:
+            self.working = self.backend.new_cache()
+        cache = self.working
         if not self.enabled:
-            slot = self._fresh_slot(need=len(prompt) + reserve)
-            return self._lend(slot, 0, "none")
+            self.backend.trim(cache, 0)
+            return Lease(cache, 0, "none")
 
-        best, best_len = None, 0
-        for slot in self.slots:
-            if not slot.busy:
-                n = common_prefix_length(slot.cache.tokens, prompt)
-                if n > best_len:
-                    best, best_len = slot, n
-        best_len = min(best_len, len(prompt) - 1)  # the last prompt token is always fed
+        usable = len(prompt) - 1  # the last prompt token is always fed, for its logits
+        here = min(common_prefix_length(cache.tokens, prompt), usable)
+        best_parked, parked_len = None, here
+        for p in self.parked:
+            n = min(common_prefix_length(p.tokens, prompt), usable)
+            if n > parked_len:
+                best_parked, parked_len = p, n
 
-        if best is not None and best_len > 0 and best_len >= len(best.cache.tokens) - 1:
-            # The next turn of that conversation: extend the slot in place.
-            self._make_room(len(prompt) + reserve, keep=best)
-            self.backend.trim(best.cache, best_len)
-            return self._lend(best, best_len, "slot")
+        if best_parked is None and self.snapshots is not None:
+            found = self.snapshots.find(prompt, min_tokens=here + 1)
+            if found is not None:
+                self._park_working(keep=here)
+                if self._load(cache, *found):
+                    self.stats.snapshot_loads += 1
+                    self._snapshot_len = len(found[0])
+                    return self._lend(cache, min(common_prefix_length(found[0], prompt), usable), "snapshot")
+                self.snapshots.discard(found[0])
+                here = 0  # the failed load emptied the working cache
 
-        loaded = self._from_snapshot(prompt, reserve, better_than=best_len)
-        if loaded is not None:
-            return loaded
+        if best_parked is not None:
+            self._park_working(keep=here)
+            self.parked.remove(best_parked)
+            self._snapshot_len = 0
+            if self._load(cache, best_parked.tokens, best_parked.state):
+                self.stats.restores += 1
+                return self._lend(cache, parked_len, "parked")
+            here = 0
 
-        if best is not None and best_len > 0:
-            # A shared prefix: share its cells into a slot of our own, leave the original.
-            best.busy = True  # not evicted while we make room
-            slot = self._fresh_slot(need=len(prompt) + reserve)
-            best.busy = False
-            self.backend.copy_prefix(best.cache, slot.cache, best_len)
-            best.last_used = time.monotonic()
-            return self._lend(slot, best_len, "prefix")
-
-        return self._lend(self._fresh_slot(need=len(prompt) + reserve), 0, "none")
+        self._park_working(keep=here)  # where it diverges, keep the rest for later
+        self.backend.trim(cache, here)
+        self._snapshot_len = min(self._snapshot_len, here)
+        return self._lend(cache, here, "working" if here else "none")
 
     def release(self, lease: Lease) -> None:
-        """Take the cache back after its request; it stays cached for later requests."""
-        slot = lease._slot
-        slot.busy = False
-        slot.last_used = time.monotonic()
+        """The request is done; its tokens stay in the working cache for the next one."""
         if not self.enabled:
-            self._evict(slot)
+            self.backend.trim(lease.cache, 0)
             return
-        if self.snapshots is not None and len(slot.cache.tokens) >= max(self.min_snapshot_tokens, slot.snapshot_len + 1):
-            self.save_snapshot(slot)
+        n = len(lease.cache.tokens)
+        if self.snapshots is not None and n >= self.min_snapshot_tokens and n > self._snapshot_len:
+            self._save_snapshot()
         self._enforce_budget()
 
-    def _lend(self, slot: _Slot, reused: int, source: str) -> Lease:
-        slot.busy = True
-        slot.last_used = time.monotonic()
+    def _lend(self, cache: Cache, reused: int, source: str) -> Lease:
+        self.backend.trim(cache, reused)
+        reused = min(reused, len(cache.tokens))
         if reused:
             self.stats.hits += 1
             self.stats.reused_tokens += reused
-        return Lease(slot.cache, reused, source, slot)
+        return Lease(cache, reused, source)
+
+    # -- parking ------------------------------------------------------------------------
+
+    def _park_working(self, keep: int) -> None:
+        """Save the working cache to host memory if its tail beyond the `keep` tokens the
+        next request reuses is worth keeping. The caller then trims or reloads it."""
+        cache = self.working
+        if len(cache.tokens) > keep + MIN_PARK_TAIL:
+            self.parked.append(_Parked(list(cache.tokens), self.backend.save_state(cache)))
+            self.stats.parks += 1
+
+    def _load(self, cache: Cache, tokens: list[int], state: bytes) -> bool:
+        """Replace the working cache's contents with a saved state (empty if refused)."""
+        return self.backend.load_state(cache, tokens, state)
+
+    def _enforce_budget(self) -> None:
+        while self.parked and sum(len(p.state) for p in self.parked) > self.budget_bytes:
+            self.parked.remove(min(self.parked, key=lambda p: p.last_used))
+            self.stats.evictions += 1
+        self.stats.bytes_held = sum(len(p.state) for p in self.parked) + len(self.working.tokens) * self.bytes_per_token
 
     # -- snapshots ----------------------------------------------------------------------
 
-    def save_snapshot(self, slot: _Slot) -> None:
-        tokens = list(slot.cache.tokens)
-        self.snapshots.save(tokens, self.backend.save_state(slot.cache))
-        slot.snapshot_len = len(tokens)
+    def _save_snapshot(self) -> None:
+        tokens = list(self.working.tokens)
+        self.snapshots.save(tokens, self.backend.save_state(self.working))
+        self._snapshot_len = len(tokens)
         self.stats.snapshot_saves += 1
 
-    def save_all(self) -> None:
-        """Snapshot every idle cache worth keeping (when the engine shuts down)."""
-        if self.snapshots is None:
-            return
-        for slot in self.slots:
-            if not slot.busy and len(slot.cache.tokens) >= self.min_snapshot_tokens and len(slot.cache.tokens) > slot.snapshot_len:
-                self.save_snapshot(slot)
-
-    def _from_snapshot(self, prompt: list[int], reserve: int, better_than: int) -> Lease | None:
-        if self.snapshots is None:
-            return None
-        found = self.snapshots.find(prompt, min_tokens=better_than + 1)
-        if found is None:
-            return None
-        tokens, data = found
-        slot = self._fresh_slot(need=max(len(tokens), len(prompt)) + reserve)
-        if not self.backend.load_state(slot.cache, tokens, data):
-            self.snapshots.discard(tokens)
-            return None
-        slot.snapshot_len = len(tokens)
-        self.stats.snapshot_loads += 1
-        n = min(common_prefix_length(tokens, prompt), len(prompt) - 1)
-        self.backend.trim(slot.cache, n)
-        return self._lend(slot, n, "snapshot")
-
-    # -- room ---------------------------------------------------------------------------
-
-    def _fresh_slot(self, need: int) -> _Slot:
-        """An empty slot, evicting least-recently-used idle slots for room."""
-        self._make_room(need)
-        idle = [s for s in self.slots if not s.busy]
-        if len(self.slots) >= self.max_slots and idle:
-            victim = min(idle, key=lambda s: s.last_used)
-            self._evict(victim)
-        slot = _Slot(self.backend.new_cache())
-        self.slots.append(slot)
-        return slot
-
-    def _make_room(self, need: int, keep: _Slot | None = None) -> None:
-        """Evict idle slots until the KV cells can hold `need` more tokens."""
-        def used() -> int:
-            return sum(len(s.cache.tokens) for s in self.slots if s is not keep)
-
-        kept_len = len(keep.cache.tokens) if keep else 0
-        while used() + max(need, kept_len) > self.backend.kv_cells:
-            idle = [s for s in self.slots if not s.busy and s is not keep]
-            if not idle:
-                return
-            self._evict(min(idle, key=lambda s: s.last_used))
-
-    def _enforce_budget(self) -> None:
-        while True:
-            held = sum(len(s.cache.tokens) for s in self.slots) * self.bytes_per_token
-            self.stats.bytes_held = held
-            idle = [s for s in self.slots if not s.busy]
-            if held <= self.budget_bytes or not idle:
-                return
-            self._evict(min(idle, key=lambda s: s.last_used))
-
-    def _evict(self, slot: _Slot) -> None:
-        self.slots.remove(slot)
-        if slot.cache.tokens:
-            self.stats.evictions += 1
-        slot.cache.close()
-
     def close(self) -> None:
-        self.save_all()
-        for slot in list(self.slots):
-            self.slots.remove(slot)
-            slot.cache.close()
+        """Snapshot the working cache if it is worth keeping, then free it."""
+        if self.working is None:
+            return
+        n = len(self.working.tokens)
+        if self.enabled and self.snapshots is not None and n >= self.min_snapshot_tokens and n > self._snapshot_len:
+            self._save_snapshot()
+        self.working.close()
+        self.working = None
+        self.parked.clear()

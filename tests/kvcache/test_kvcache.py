@@ -75,21 +75,24 @@ def test_greedy_output_is_identical_with_and_without_the_cache(stories_path, iso
     assert sum(s.cached_tokens for _, _, s in a) > 0
 
 
-def test_shared_prefix_is_prefilled_once_and_the_original_kept(stories_backend):
+def test_shared_prefix_is_prefilled_once_and_the_other_conversation_parked(stories_backend):
     b = stories_backend
-    manager = KVCacheManager(b, max_slots=4)
-    engine_like = _Runner(b, manager)
+    manager = KVCacheManager(b)
+    runner = _Runner(b, manager)
     system = b.tokenize("Once upon a time, in a big forest, there lived a wise old owl who loved to tell stories. " * 3)
-    first = system + b.tokenize("The owl saw a fox.", add_bos=False)
-    second = system + b.tokenize("A rabbit ran by.", add_bos=False)
+    first = system + b.tokenize("The owl saw a fox that was very hungry and looked for food all day long in the snow. " * 2, add_bos=False)
+    second = system + b.tokenize("A rabbit ran by the river and jumped over a log near the big old tree in the sun. " * 2, add_bos=False)
     try:
-        assert engine_like.run(first).cached_tokens == 0
-        s2 = engine_like.run(second)
-        assert s2.cached_tokens >= len(system) - 1
-        assert engine_like.last_source == "prefix"
-        s3 = engine_like.run(first)  # the first request's cache was left intact
+        assert runner.run(first).cached_tokens == 0
+        s2 = runner.run(second)
+        assert s2.cached_tokens == common_prefix_length(first, second) >= len(system) - 1
+        assert runner.last_source == "working" and manager.stats.parks == 1
+        s3 = runner.run(first)  # the first conversation was parked, not lost
+        assert runner.last_source == "parked"
         assert s3.cached_tokens == len(first) - 1
         assert manager.stats.hits == 2 and manager.stats.hit_rate == pytest.approx(2 / 3)
+        # Only the working cache lives in the KV buffer: decode attends over nothing else.
+        assert len(manager.working.tokens) <= len(first) + 4
     finally:
         manager.close()
 
@@ -97,15 +100,15 @@ def test_shared_prefix_is_prefilled_once_and_the_original_kept(stories_backend):
 def test_eviction_respects_the_byte_budget(stories_backend):
     b = stories_backend
     budget = 150 * b.kv_bytes_per_token
-    manager = KVCacheManager(b, budget_bytes=budget, max_slots=4)
+    manager = KVCacheManager(b, budget_bytes=budget)
     runner = _Runner(b, manager)
     try:
         for word in ("cat", "dog", "bird", "fish", "frog"):
             runner.run(b.tokenize(f"The {word} " * 20))
-            held = sum(len(s.cache.tokens) for s in manager.slots) * b.kv_bytes_per_token
-            assert held <= budget
-            assert manager.stats.bytes_held == held
-        assert manager.stats.evictions >= 3
+            parked = sum(len(p.state) for p in manager.parked)
+            assert parked <= budget
+            assert manager.stats.bytes_held == parked + len(manager.working.tokens) * b.kv_bytes_per_token
+        assert manager.stats.parks == 4 and manager.stats.evictions >= 2
     finally:
         manager.close()
 
