@@ -60,10 +60,9 @@ def serve_command(args) -> int:
         raise UserError(f"--keep-alive: {e}") from None
     template = None
     if args.chat_template:
-        try:
-            template = Path(args.chat_template).expanduser().read_text()
-        except OSError as e:
-            raise UserError(f"--chat-template {args.chat_template}: cannot read it ({e.strerror})") from None
+        from localllm.tokenizer.chat import load_template_file
+
+        template = load_template_file(args.chat_template)  # also checks that it compiles
     config = ServerConfig(
         host=args.host, port=args.port, preload=args.model, keep_alive_s=keep_alive_s,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, max_loaded=args.max_loaded,
