@@ -35,6 +35,24 @@ class LoadedModel:
     def n_ctx(self) -> int:
         return self.engine.backend.n_ctx
 
+    @property
+    def backend_name(self) -> str:
+        return self.engine.backend.name
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.backend.vocab_size
+
+    @property
+    def tokenizer(self):
+        """The model's own vocabulary: tokenize/detokenize, token_text, bos_id, eos_ids.
+        Call it from any thread (llama.cpp's vocabulary is read-only)."""
+        return self.engine.backend
+
+    def memory(self):
+        """Bytes the loaded model holds (weights, KV cache)."""
+        return self.engine.backend.memory()
+
     def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         return self.prompter.encode(messages, add_generation_prompt=add_generation_prompt)
 

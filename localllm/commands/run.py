@@ -85,9 +85,9 @@ def run_command(args) -> int:
     model = load_model(args.model, settings, chat_template=template, force=bool(args.force))
     try:
         if settings.verbose:
-            mem = model.engine.backend.memory()
+            mem = model.memory()
             print(
-                f"loaded {model.path} on {model.engine.backend.name} in {model.load_s:.2f} s "
+                f"loaded {model.path} on {model.backend_name} in {model.load_s:.2f} s "
                 f"(weights {mem.weights_bytes / 2**20:.1f} MiB, KV cache {mem.kv_cache_bytes / 2**20:.1f} MiB, "
                 f"context {model.n_ctx}, {settings.resolved_threads} threads)",
                 file=sys.stderr,

@@ -77,7 +77,7 @@ def find_fim_tokens(model) -> FimTokens | None:
     cached = getattr(model, "_server_fim_tokens", False)
     if cached is not False:
         return cached
-    backend = model.engine.backend
+    backend = model.tokenizer
     found = _from_metadata(model.info.metadata, backend.vocab_size) or _from_vocabulary(backend)
     try:
         model._server_fim_tokens = found
@@ -91,7 +91,7 @@ def infill_tokens(model, prefix: str, suffix: str) -> list[int] | None:
     fim = find_fim_tokens(model)
     if fim is None:
         return None
-    backend = model.engine.backend
+    backend = model.tokenizer
     tokens = [backend.bos_id] if getattr(backend, "add_bos", False) and backend.bos_id is not None else []
     tokens.append(fim.pre)
     tokens += backend.tokenize(prefix, add_bos=False, special=False) if prefix else []

@@ -122,7 +122,7 @@ async def ps(request: Request):
         model = slot.model
         info = model.info
         try:
-            size = model.engine.backend.memory().total_bytes
+            size = model.memory().total_bytes
         except Exception:
             size = 0
         if slot.expires_at is not None:

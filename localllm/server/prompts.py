@@ -41,7 +41,7 @@ def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], int]:
         text = f"{prompt.system}\n\n{prompt.text}" if prompt.system else prompt.text
         return model.text_tokens(text), 0
     if isinstance(prompt, TokenPrompt):
-        vocab = model.engine.backend.vocab_size
+        vocab = model.vocab_size
         bad = [t for t in prompt.tokens if not 0 <= t < vocab]
         if bad:
             raise BadRequest(f"token id {bad[0]} in 'prompt' is outside the vocabulary of {vocab} tokens",
@@ -84,7 +84,7 @@ def prepare(model, job: GenerationJob) -> PreparedPrompt:
     except UserError as e:  # a template that refuses these messages, say
         raise BadRequest(str(e)) from None
     check_context(job, len(tokens), model.n_ctx)
-    vocab = model.engine.backend.vocab_size
+    vocab = model.vocab_size
     for token in job.sampling.logit_bias:
         if not 0 <= token < vocab:
             raise BadRequest(f"logit_bias names token {token}, outside the vocabulary of {vocab} tokens",

@@ -30,15 +30,14 @@ class FakeBackend:
 
 
 def fake_model(metadata=None, backend=None):
-    return SimpleNamespace(engine=SimpleNamespace(backend=backend or FakeBackend()),
-                           info=SimpleNamespace(metadata=metadata or {}))
+    return SimpleNamespace(tokenizer=backend or FakeBackend(), info=SimpleNamespace(metadata=metadata or {}))
 
 
 def test_fim_tokens_from_metadata_and_layout():
     model = fake_model({"tokenizer.ggml.fim_pre_token_id": 3, "tokenizer.ggml.fim_suf_token_id": 4,
                         "tokenizer.ggml.fim_mid_token_id": 5})
     assert find_fim_tokens(model) == FimTokens(3, 4, 5)
-    b = model.engine.backend
+    b = model.tokenizer
     assert infill_tokens(model, "ab", "c") == [1, 3, *b.tokenize("ab"), 4, *b.tokenize("c"), 5]
 
 
