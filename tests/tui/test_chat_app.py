@@ -13,6 +13,8 @@ from localllm.tui.store import ConversationStore
 
 from .conftest import run, screen_text, send, wait_for, wait_loaded, wait_reply_done, wait_screen
 
+pytestmark = pytest.mark.timeout(120)
+
 
 def greedy_continuation(stories_path, prompt: str, n: int) -> str:
     from localllm.config import load_settings

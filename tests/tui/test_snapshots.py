@@ -12,7 +12,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from localllm.tui.screens.help import HelpScreen
+from localllm.tui.screens.model_picker import ModelPickerScreen
+from localllm.tui.screens.settings import SettingsScreen
 from localllm.tui.store import ConversationSettings, ConversationStore
+
+from .conftest import wait_for, wait_screen
 
 REPLY = """Here is a function that adds two numbers:
 
@@ -71,12 +76,8 @@ def make(settings_home, model="llama3.2:1b", theme="textual-dark", **kwargs):
 
 
 async def settle(pilot):
-    app = pilot.app
-    for _ in range(200):
-        if app.model is not None and not app.loading:
-            break
-        await pilot.pause(0.01)
-    app.chat.prompt.cursor_blink = False
+    await wait_for(pilot, lambda: pilot.app.model is not None and not pilot.app.loading)
+    pilot.app.chat.prompt.cursor_blink = False
     await pilot.pause()
 
 
@@ -100,32 +101,27 @@ def test_model_picker(snap_compare, seeded_home):
     async def open_picker(pilot):
         await settle(pilot)
         await pilot.press("ctrl+o")
-        await pilot.pause()
+        await wait_screen(pilot, ModelPickerScreen)
 
     assert snap_compare(make(seeded_home), terminal_size=(80, 24), run_before=open_picker)
 
 
 def test_model_picker_pulling(snap_compare, seeded_home):
-    halfway, release = threading.Event(), threading.Event()
+    release = threading.Event()
 
     def pull(name, settings, on_progress, cancel):
         on_progress(SimpleNamespace(status="downloading", digest="sha256:ab", total=400 << 20, completed=160 << 20))
-        halfway.set()
         release.wait(10)
         raise RuntimeError("stopped by the test")
 
     async def start_pull(pilot):
         await settle(pilot)
         await pilot.press("ctrl+o")
-        await pilot.pause()
+        await wait_screen(pilot, ModelPickerScreen)
         pilot.app.screen.query_one("#pull-name").focus()
         pilot.app.screen.query_one("#pull-name").value = "phi3.5:3.8b"
         await pilot.press("enter")
-        halfway.wait(10)
-        for _ in range(50):
-            if "160.0 MiB" in str(pilot.app.screen.query_one("#pull-status").content):
-                break
-            await pilot.pause(0.02)
+        await wait_for(pilot, lambda: "160.0 MiB" in str(pilot.app.screen.query_one("#pull-status").content))
         pilot.app.screen.query_one("#pull-name").cursor_blink = False
         await pilot.pause()
 
@@ -139,7 +135,7 @@ def test_settings(snap_compare, seeded_home):
     async def open_settings(pilot):
         await settle(pilot)
         await pilot.press("ctrl+s")
-        await pilot.pause()
+        await wait_screen(pilot, SettingsScreen)
         pilot.app.screen.query_one("#system_prompt").cursor_blink = False
 
     assert snap_compare(make(seeded_home), terminal_size=(80, 24), run_before=open_settings)
@@ -149,6 +145,6 @@ def test_help(snap_compare, seeded_home):
     async def open_help(pilot):
         await settle(pilot)
         await pilot.press("f1")
-        await pilot.pause()
+        await wait_screen(pilot, HelpScreen)
 
     assert snap_compare(make(seeded_home), terminal_size=(80, 24), run_before=open_help)

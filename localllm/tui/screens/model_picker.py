@@ -13,6 +13,7 @@ from textual.widgets import Input, Label, OptionList, ProgressBar
 from textual.widgets.option_list import Option
 
 from localllm.tui.messages import PullFinished, PullProgressed
+from localllm.tui.widgets.inbox import Inbox
 from localllm.tui.workers import pull_model_worker
 
 
@@ -49,6 +50,7 @@ class ModelPickerScreen(ModalScreen["str | None"]):
             yield Label("", id="pull-status")
             yield ProgressBar(total=None, show_eta=False, id="pull-progress")
             yield Label("Enter uses the highlighted model · Esc closes", classes="dialog-hint")
+        yield Inbox(self)
 
     def on_mount(self) -> None:
         self.query_one("#pull-progress").display = False
@@ -98,11 +100,11 @@ class ModelPickerScreen(ModalScreen["str | None"]):
         bar.display = True
         bar.update(total=None, progress=0)
         self.run_worker(
-            partial(pull_model_worker, name, self.settings, self.post_message, self._cancel, self.pull),
+            partial(pull_model_worker, name, self.settings, self.query_one(Inbox).post_message, self._cancel, self.pull),
             thread=True, group="pull", exit_on_error=False,
         )
 
-    def on_pull_progressed(self, message: PullProgressed) -> None:
+    def on_inbox_pull_progressed(self, message: PullProgressed) -> None:
         bar = self.query_one("#pull-progress", ProgressBar)
         if message.total > 0:
             bar.update(total=message.total, progress=message.completed)
@@ -111,7 +113,7 @@ class ModelPickerScreen(ModalScreen["str | None"]):
             detail = ""
         self.query_one("#pull-status", Label).update(f"{message.name}: {message.status} {detail}".rstrip())
 
-    def on_pull_finished(self, message: PullFinished) -> None:
+    def on_inbox_pull_finished(self, message: PullFinished) -> None:
         self._cancel = None
         status = self.query_one("#pull-status", Label)
         self.query_one("#pull-progress").display = False

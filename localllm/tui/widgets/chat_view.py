@@ -1,8 +1,8 @@
 """The chat view: one `MessageBubble` per message, in a scrolling column.
 
-An assistant reply is rendered as Markdown (code blocks syntax-highlighted by Textual's
-Markdown widget) and grows by appending only the new text, so a long reply does not
-re-parse from the top at every update. A focused bubble copies its reply (`c`) or its
+An assistant reply is rendered as Markdown by `MarkdownText` (code blocks highlighted),
+one widget per reply that re-renders only the block being written, so neither a long
+reply nor a long conversation slows down the updates of a streaming one. A focused bubble copies its reply (`c`) or its
 code blocks (`k`, cycling from the last) to the clipboard through OSC 52.
 """
 
@@ -11,9 +11,10 @@ from __future__ import annotations
 from markdown_it import MarkdownIt
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Label, Markdown, Static
+from textual.widgets import Label, Static
 
 from localllm.tui.store import StoredMessage
+from localllm.tui.widgets.markdown_text import MarkdownText
 from localllm.tui.workers import model_label
 
 ROLE_LABELS = {"user": "You", "assistant": "Assistant", "system": "System"}
@@ -47,7 +48,7 @@ class MessageBubble(Vertical, can_focus=True):
     def compose(self):
         yield Label(self._header(), classes="bubble-header")
         if self.role == "assistant":
-            yield Markdown(self.text, classes="bubble-body")
+            yield MarkdownText(self.text, classes="bubble-body")
         else:
             yield Static(self.text, markup=False, classes="bubble-body")
 
@@ -65,14 +66,7 @@ class MessageBubble(Vertical, can_focus=True):
         """Display `text` as the whole reply so far."""
         if text == self.text:
             return
-        body = self.query_one(".bubble-body")
-        if isinstance(body, Markdown):
-            if text.startswith(self.text):
-                await body.append(text[len(self.text):])
-            else:
-                await body.update(text)
-        else:
-            body.update(text)
+        self.query_one(".bubble-body").update(text)
         self.text = text
 
     async def finish(self, text: str, state: str, error: str | None = None) -> None:
