@@ -15,6 +15,8 @@ def configure(sub) -> None:
     )
     chat.add_argument("model", metavar="MODEL", nargs="?", help="a model name or a GGUF file path (default: the last one used)")
     chat.add_argument("--light", action="store_true", help="start in the light theme (Ctrl+T toggles)")
+    chat.add_argument("--overflow", choices=("refuse", "drop-oldest"),
+                      help="what a chat too long for the context does, unless the chat's settings say (default: refuse)")
     add_runtime_flags(chat)
     chat.set_defaults(handler=chat_command)
 
@@ -23,14 +25,21 @@ def chat_command(args) -> int:
     from localllm.config import load_settings
     from localllm.errors import UserError
 
+    # --verbose is not passed on: llama.cpp's log on stderr would garble the screen.
     settings = load_settings(
         backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
-        kv_type=args.kv_type, debug=args.debug,  # --verbose: llama.cpp logging would garble the screen
+        kv_type=args.kv_type, debug=args.debug, overflow=args.overflow,
     )
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UserError("localllm chat needs a terminal: for scripts use `localllm run MODEL PROMPT`")
     from localllm.tui.app import ChatApp
+    from localllm.tui.workers import default_loader
 
-    app = ChatApp(settings, args.model, theme="textual-light" if args.light else None)
+    force = bool(getattr(args, "force", False))
+
+    def loader(name, loader_settings):
+        return default_loader(name, loader_settings, force=force)
+
+    app = ChatApp(settings, args.model, loader=loader, theme="textual-light" if args.light else None)
     app.run()
     return app.return_code or 0

@@ -96,6 +96,10 @@ class ChatApp(App):
             self.notify("No model yet: pick or pull one", severity="warning")
             self.action_pick_model()
 
+    def overflow_for(self, settings: ConversationSettings) -> str:
+        """A chat's overflow policy: its own, else the app's setting."""
+        return settings.overflow or getattr(self.settings, "overflow", "refuse")
+
     # model lifecycle
 
     def model_ready_for(self, ctx_size: int) -> bool:

@@ -13,13 +13,15 @@ from localllm.types import GenerationStats
 
 
 class ReplyStarted(Message):
-    """The prompt is tokenized and queued on the engine."""
+    """The prompt is tokenized and queued on the engine; `dropped` old messages were left
+    out because the conversation no longer fits the context."""
 
-    def __init__(self, message_id: int, prompt_tokens: int, n_ctx: int) -> None:
+    def __init__(self, message_id: int, prompt_tokens: int, n_ctx: int, dropped: int = 0) -> None:
         super().__init__()
         self.message_id = message_id
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
+        self.dropped = dropped
 
 
 class ReplyDelta(Message):

@@ -43,8 +43,9 @@ NEW_TITLE = "New chat"
 @dataclass(frozen=True)
 class ConversationSettings:
     """Per-conversation generation settings. `ctx_size` 0 means the app's default;
-    `max_tokens` 0 means until the model stops or the context is full.
-    `speculative` is stored and shown; the engine may not act on it yet."""
+    `max_tokens` 0 means until the model stops or the context is full; `overflow` is
+    what a chat too long for the context does ("refuse" or "drop-oldest"; "" means the
+    app's setting). `speculative` is stored and shown; the engine may not act on it yet."""
 
     system_prompt: str = ""
     temperature: float = 0.8
@@ -52,6 +53,7 @@ class ConversationSettings:
     max_tokens: int = 0
     ctx_size: int = 0
     speculative: bool = False
+    overflow: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from localllm.errors import UserError
+from localllm.errors import ContextOverflowError, UserError
 from localllm.tui.messages import (
     ModelLoaded, ModelLoadFailed, PullFinished, PullProgressed, ReplyDelta, ReplyFinished, ReplyStarted,
 )
@@ -22,9 +22,11 @@ from localllm.types import Message, SamplingParams
 Post = Callable[[object], object]
 
 
-def default_loader(name: str, settings):
+def default_loader(name: str, settings, force: bool = False):
     from localllm.runtime import load_model
 
+    if force:  # load even when the memory check says it will not fit (--force)
+        return load_model(name, settings, force=True)
     return load_model(name, settings)
 
 
@@ -66,6 +68,18 @@ def load_model_worker(name: str, settings, ctx_size: int, post: Post, loader=def
     post(ModelLoaded(name, model, ctx_size))
 
 
+def fit_prompt(model, messages: Sequence[Message], max_tokens: int, overflow: str) -> tuple[list[int], int]:
+    """Prompt tokens for `messages` under the overflow policy, keeping room for the reply
+    (`max_tokens`, or an eighth of the context): (tokens, messages dropped)."""
+    from localllm.kvcache import OverflowPolicy, fit_messages
+
+    reserve = max_tokens if max_tokens > 0 else max(1, model.n_ctx // 8)
+    tokens, _, dropped = fit_messages(
+        messages, model.chat_tokens, model.n_ctx, min(reserve, model.n_ctx - 1), OverflowPolicy(overflow)
+    )
+    return tokens, dropped
+
+
 def stream_reply_worker(
     model,
     messages: Sequence[Message],
@@ -74,6 +88,7 @@ def stream_reply_worker(
     message_id: int,
     post: Post,
     stop: threading.Event,
+    overflow: str = "refuse",
     clock: Callable[[], float] = time.perf_counter,
 ) -> None:
     """Generate one reply and post its progress. Setting `stop` ends it at once, keeping
@@ -83,8 +98,8 @@ def stream_reply_worker(
     ttft: float | None = None
     t0 = clock()
     try:
-        tokens = model.chat_tokens(messages)
-        post(ReplyStarted(message_id, len(tokens), model.n_ctx))
+        tokens, dropped = fit_prompt(model, messages, max_tokens, overflow)
+        post(ReplyStarted(message_id, len(tokens), model.n_ctx, dropped))
         handle = model.engine.submit(model.request(tokens, sampling, max_tokens or None))
         finish, stats = "stop", None
         for chunk in handle:
@@ -105,6 +120,13 @@ def stream_reply_worker(
                 if chunk.stats is not None:
                     stats = chunk.stats
             finish = "cancelled"
+    except ContextOverflowError as e:
+        # The numbers, then what to do here rather than the command line's flags.
+        numbers = str(e).split(": ", 1)[0]
+        post(ReplyFinished(message_id, text, "error", None, error=(
+            f"{numbers}: start a new chat (Ctrl+N), or in this chat's settings (Ctrl+S) "
+            "raise the context size or let the oldest turns go")))
+        return
     except UserError as e:
         post(ReplyFinished(message_id, text, "error", None, error=str(e)))
         return

@@ -317,3 +317,58 @@ def test_settings_are_saved_per_conversation_and_resize_the_context(make_app, is
             assert msgs[-1].stats["generated_tokens"] <= 16
 
     run(scenario())
+
+
+def test_a_reopened_chat_reuses_its_kv_snapshot(make_app, isolated_home):
+    """Quit, start again, go on: the engine loads the conversation's KV snapshot from disk
+    (the KV-cache manager writes one when the model closes) instead of prefilling the long
+    first message again. (stories260K has no chat template, so the fallback prompt joins
+    messages with blank lines and only the first message's tokens line up exactly.)"""
+    from localllm.tui.store import ConversationSettings
+
+    short = ConversationSettings(temperature=0.0, max_tokens=20)
+    story = "The little dog ran to the park. " * 35
+
+    async def first():
+        app = make_app(conversation_defaults=short)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot)
+            await send(pilot, story)
+            await wait_reply_done(pilot)
+            stats = app.store.messages(app.chat.conversation.id)[-1].stats
+            await pilot.press("ctrl+q")
+            return stats
+
+    async def second():
+        app = make_app(conversation_defaults=short)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot)
+            assert len(app.chat.chat_view.bubbles()) == 2
+            await send(pilot, "The end")
+            await wait_reply_done(pilot)
+            return app.store.messages(app.chat.conversation.id)[-1].stats
+
+    before = run(first())
+    assert before["prompt_tokens"] >= 260 and before["cached_tokens"] == 0
+    assert any((isolated_home / "cache" / "kv-snapshots").rglob("*")), "no KV snapshot was written"
+    after = run(second())
+    assert after["cached_tokens"] >= before["prompt_tokens"] - 2, (before, after)
+
+
+def test_a_chat_that_outgrows_the_context_drops_its_oldest_turns_when_asked(make_app, isolated_home):
+    from localllm.tui.store import ConversationSettings
+
+    app = make_app(conversation_defaults=ConversationSettings(temperature=0.0, max_tokens=60, overflow="drop-oldest"))
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot)
+            for prompt in ("Once upon a time", "Then", "Later", "In the end", "After that", "And then", "Finally"):
+                await send(pilot, prompt)
+                await wait_reply_done(pilot)
+                assert app.chat.chat_view.last_reply().state == "done"
+            # Every reply was written; the store keeps the whole chat even when the
+            # model saw only the latest turns.
+            assert len(app.store.messages(app.chat.conversation.id)) == 14
+
+    run(scenario())

@@ -7,7 +7,6 @@ review the new SVGs and accept them with `pytest tests/tui --snapshot-update`.
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 
 import pytest
@@ -107,12 +106,10 @@ def test_model_picker(snap_compare, seeded_home):
 
 
 def test_model_picker_pulling(snap_compare, seeded_home):
-    release = threading.Event()
-
     def pull(name, settings, on_progress, cancel):
         on_progress(SimpleNamespace(status="downloading", digest="sha256:ab", total=400 << 20, completed=160 << 20))
-        release.wait(10)
-        raise RuntimeError("stopped by the test")
+        cancel.wait(30)  # set when the picker goes away with the app
+        raise RuntimeError("cancelled")
 
     async def start_pull(pilot):
         await settle(pilot)
@@ -125,10 +122,7 @@ def test_model_picker_pulling(snap_compare, seeded_home):
         pilot.app.screen.query_one("#pull-name").cursor_blink = False
         await pilot.pause()
 
-    try:
-        assert snap_compare(make(seeded_home, pull=pull), terminal_size=(80, 24), run_before=start_pull)
-    finally:
-        release.set()
+    assert snap_compare(make(seeded_home, pull=pull), terminal_size=(80, 24), run_before=start_pull)
 
 
 def test_settings(snap_compare, seeded_home):

@@ -152,3 +152,25 @@ def test_pull_worker_reports_progress_and_outcome(isolated_home):
 def test_model_label():
     assert model_label("/x/y/stories260K.gguf") == "stories260K"
     assert model_label("llama3.2:1b") == "llama3.2:1b"
+
+
+def test_overflow_policy_refuses_or_drops_the_oldest_turns():
+    history = [Message("system", "sys"), Message("user", "u1 " * 10), Message("assistant", "a1 " * 10),
+               Message("user", "u2 " * 10), Message("assistant", "a2 " * 10), Message("user", "now")]
+
+    def model_for(n_ctx):
+        m = fake_model(FakeHandle(["ok"]))
+        m.n_ctx = n_ctx
+        m.chat_tokens = lambda messages: [0] * sum(len(x.content.split()) for x in messages)
+        return m
+
+    posted = []
+    stream_reply_worker(model_for(40), history, SamplingParams(), 8, 1, posted.append, threading.Event(), "refuse")
+    end = posted[-1]
+    assert end.finish_reason == "error" and "context holds 40" in end.error and "Ctrl+S" in end.error
+
+    posted.clear()
+    stream_reply_worker(model_for(40), history, SamplingParams(), 8, 1, posted.append, threading.Event(), "drop-oldest")
+    started = posted[0]
+    assert isinstance(started, ReplyStarted) and started.dropped == 2 and started.prompt_tokens == 22
+    assert posted[-1].finish_reason == "stop" and posted[-1].text == "ok"

@@ -205,7 +205,7 @@ class ChatScreen(ReplyStreaming, Screen):
             if not self.app.model_ready_for(settings.ctx_size) and self.app.model_name and self.reply is None:
                 self.app.load_model(self.app.model_name, settings.ctx_size)
 
-        self.app.push_screen(SettingsScreen(conv.settings, conv.title), done)
+        self.app.push_screen(SettingsScreen(conv.settings, conv.title, self.app.overflow_for(conv.settings)), done)
 
     def _last(self, role: str) -> StoredMessage | None:
         if self.conversation is None:

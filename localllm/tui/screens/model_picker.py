@@ -126,6 +126,10 @@ class ModelPickerScreen(ModalScreen["str | None"]):
             self.refresh_models(highlight=name)
             self.dismiss(name)
 
+    def on_unmount(self) -> None:
+        if self._cancel is not None:  # the app is quitting: do not wait for a download
+            self._cancel.set()
+
     def action_close(self) -> None:
         if self._cancel is not None:
             self._cancel.set()

@@ -80,7 +80,7 @@ class ReplyStreaming:
         sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p)
         work = partial(
             stream_reply_worker, model, self.model_messages(conv, message.id), sampling, s.max_tokens,
-            message.id, self.query_one(Inbox).post_message, reply.stop,
+            message.id, self.query_one(Inbox).post_message, reply.stop, self.app.overflow_for(s),
         )
 
         def run() -> None:
@@ -104,6 +104,11 @@ class ReplyStreaming:
         if self.reply and self.reply.message_id == message.message_id:
             self.reply.prompt_tokens, self.reply.n_ctx = message.prompt_tokens, message.n_ctx
             self.update_context(message.prompt_tokens)
+            if message.dropped:
+                self.notify(
+                    f"The {message.dropped} oldest messages no longer fit the context and were left out of this "
+                    "reply (they stay in the chat)", title="Context", severity="warning", timeout=8,
+                )
 
     async def on_inbox_reply_delta(self, message: ReplyDelta) -> None:
         reply = self.reply

@@ -1,5 +1,6 @@
 """Per-conversation settings: system prompt, temperature, top-p, max tokens, context
-size and the speculative-decoding switch. Dismisses with the new settings, or None."""
+size, what to do when the chat outgrows the context, and the speculative-decoding
+switch. Dismisses with the new settings, or None."""
 
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ class SettingsScreen(ModalScreen["ConversationSettings | None"]):
         Binding("ctrl+s", "save", "Save"),
     ]
 
-    def __init__(self, settings: ConversationSettings, title: str) -> None:
+    def __init__(self, settings: ConversationSettings, title: str, overflow: str = "refuse") -> None:
         super().__init__(classes="dialog-screen")
         self.initial = settings
         self.title_text = title
+        self.overflow = overflow  # the policy in force for this chat
 
     def compose(self):
         s = self.initial
@@ -54,9 +56,13 @@ class SettingsScreen(ModalScreen["ConversationSettings | None"]):
                         yield Label(label, classes="settings-label")
                         yield Input(str(getattr(s, name)), id=name, type="number" if kind is float else "integer")
                 with Horizontal(classes="settings-row"):
+                    yield Label("Drop oldest turns when full", classes="settings-label")
+                    yield Switch(self.overflow == "drop-oldest", id="drop_oldest")
+                with Horizontal(classes="settings-row"):
                     yield Label("Speculative decoding", classes="settings-label")
                     yield Switch(s.speculative, id="speculative")
-                yield Label("Prompt-lookup drafting; saved with the chat, used where the engine supports it.", classes="dialog-hint")
+                yield Label("Speculative decoding (prompt lookup) is saved with the chat and used once the engine "
+                            "supports it.", classes="dialog-hint")
             yield Label("", id="settings-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", variant="primary", id="save", compact=True)
@@ -84,4 +90,5 @@ class SettingsScreen(ModalScreen["ConversationSettings | None"]):
             self.query_one("#settings-error", Label).update(str(e))
             return
         values["speculative"] = self.query_one("#speculative", Switch).value
+        values["overflow"] = "drop-oldest" if self.query_one("#drop_oldest", Switch).value else "refuse"
         self.dismiss(ConversationSettings(**values))
