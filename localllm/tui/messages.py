@@ -2,7 +2,9 @@
 
 Streaming updates carry the whole text so far, never a delta, so a newer update can
 replace an older one still queued (`can_replace`) without losing anything: however fast
-tokens arrive, the UI handles at most one pending update per reply.
+tokens arrive, the UI handles at most one pending update per reply. Workers post them to
+an `Inbox` widget (widgets/inbox.py), whose queue holds nothing else, so that queued
+updates sit next to each other and do merge.
 """
 
 from __future__ import annotations

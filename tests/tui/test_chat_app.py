@@ -372,3 +372,54 @@ def test_a_chat_that_outgrows_the_context_drops_its_oldest_turns_when_asked(make
             assert len(app.store.messages(app.chat.conversation.id)) == 14
 
     run(scenario())
+
+
+def test_without_any_model_the_picker_opens(make_app):
+    app = make_app(model="")
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_screen(pilot, ModelPickerScreen)
+            assert "no models pulled yet" in screen_text(app)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.model is None and "no model" in screen_text(app)
+
+    run(scenario())
+
+
+def test_a_streaming_reply_is_saved_line_by_line(make_app, isolated_home):
+    """What a crash would leave: at any moment during a reply, the database holds every
+    finished line of it (another connection reads it, as a restarted app would)."""
+    import sqlite3
+
+    from localllm.tui.store import ConversationSettings
+
+    app = make_app(delay_s=0.01, conversation_defaults=ConversationSettings(temperature=0.0, max_tokens=200))
+    checks = []
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot)
+            await send(pilot, "Once upon a time")
+            reader = sqlite3.connect(str(isolated_home / "conversations.sqlite3"))
+
+            def look():
+                bubble = app.chat.chat_view.last_reply()
+                if bubble is None or bubble.state != "streaming":
+                    return bool(checks) and app.chat.reply is None
+                (saved, state) = reader.execute(
+                    "SELECT content, state FROM messages WHERE id = ?", (bubble.message_id,)).fetchone()
+                checks.append((saved, bubble.text, state))
+                return False
+
+            await wait_for(pilot, look, step=0.01)
+            reader.close()
+
+    run(scenario())
+    with_lines = [(saved, shown) for saved, shown, _ in checks if "\n" in shown]
+    assert with_lines, "the reply never reached a second line while it streamed"
+    for saved, shown, state in checks:
+        assert state == "streaming" and shown.startswith(saved)
+        unsaved = shown[len(saved):]
+        assert "\n" not in unsaved and len(unsaved) < 450  # at most the line being written

@@ -1,0 +1,30 @@
+"""`localllm chat` as a command: its help, the terminal check, and that `localllm --help`
+still imports no Textual."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import run_cli  # tests/conftest.py
+
+
+def test_chat_help_lists_its_flags():
+    out = run_cli("chat", "--help")
+    assert out.returncode == 0
+    for flag in ("MODEL", "--light", "--overflow", "--ctx-size", "--backend"):
+        assert flag in out.stdout
+
+
+def test_chat_without_a_terminal_says_what_to_use_instead(isolated_home):
+    out = run_cli("chat", "whatever.gguf")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "localllm: error: localllm chat needs a terminal: for scripts use `localllm run MODEL PROMPT`"
+
+
+def test_help_does_not_import_textual():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "localllm", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert not any(name.split(".")[0] in ("textual", "rich") for name in imported)
