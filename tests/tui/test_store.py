@@ -85,3 +85,4 @@ def test_wal_reader_sees_committed_lines_while_writer_is_open(tmp_path):
     store.update_message(m.id, "line one\nline two\n")
     reader = sqlite3.connect(str(tmp_path / "c.sqlite3"))
     assert reader.execute("SELECT content, state FROM messages WHERE id = ?", (m.id,)).fetchone() == ("line one\nline two\n", "streaming")
+

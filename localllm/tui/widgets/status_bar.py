@@ -25,7 +25,8 @@ def context_meter(used: int, limit: int, cells: int = METER_CELLS) -> tuple[str,
     """The meter's text and its level: 'ok', 'warn' or 'danger'."""
     if limit <= 0:
         return "ctx " + "▱" * cells + " –", "ok"
-    frac = min(1.0, used / limit)
+    used = min(used, limit)  # the last sampled token is counted but never cached
+    frac = used / limit
     filled = min(cells, round(frac * cells)) if used else 0
     level = "danger" if frac >= DANGER_AT else "warn" if frac >= WARN_AT else "ok"
     return f"ctx {'▰' * filled}{'▱' * (cells - filled)} {short_count(used)}/{short_count(limit)}", level
