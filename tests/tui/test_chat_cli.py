@@ -3,10 +3,14 @@ still imports no Textual."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
-from conftest import run_cli  # tests/conftest.py
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "localllm", *args], capture_output=True, text=True,
+                          env=dict(os.environ), stdin=subprocess.DEVNULL, timeout=60)
 
 
 def test_chat_help_lists_its_flags():
