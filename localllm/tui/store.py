@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 SCHEMA = """
@@ -228,7 +228,3 @@ class ConversationStore:
         except json.JSONDecodeError:
             stats = {}
         return StoredMessage(row["id"], row["conversation_id"], row["role"], row["content"], row["state"], row["model"], stats)
-
-
-def with_settings(conversation: Conversation, settings: ConversationSettings) -> Conversation:
-    return replace(conversation, settings=settings)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 
@@ -118,8 +117,3 @@ async def wait_reply_done(pilot) -> None:
     await wait_for(pilot, lambda: chat.reply is None and chat.chat_view.last_reply() is not None
                    and chat.chat_view.last_reply().state != "streaming")
     await pilot.pause()
-
-
-@pytest.fixture
-def stories_home(tmp_path) -> Path:
-    return tmp_path
