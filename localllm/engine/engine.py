@@ -8,6 +8,7 @@ raised while generating are re-raised in the consumer's thread.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import queue
 import threading
 import time
@@ -141,13 +142,15 @@ class Engine:
                 out.put(GenerationChunk("", None, finish_reason="cancelled", stats=GenerationStats(backend=self.backend.name)))
                 return
             lease = None
+            request = handle.request
             if cache is None:
-                request = handle.request
                 reserve = min(request.max_tokens, self.backend.n_ctx - len(request.prompt_tokens))
                 lease = self.caches.acquire(request.prompt_tokens, reserve=max(0, reserve))
                 cache = lease.cache
+                if lease.prompt != list(request.prompt_tokens):
+                    request = dataclasses.replace(request, prompt_tokens=tuple(lease.prompt))
             try:
-                for chunk in generate(self.backend, cache, handle.request, handle._cancel.is_set):
+                for chunk in generate(self.backend, cache, request, handle._cancel.is_set):
                     out.put(chunk)
             finally:
                 if lease is not None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from localllm.backend.protocol import Backend, Cache
-from localllm.kvcache.prefix import common_prefix_length
+from localllm.kvcache.prefix import common_prefix_length, splice_onto_cache
 
 # Parking a diverging working cache is only worth it for a tail this long.
 MIN_PARK_TAIL = 32
@@ -47,6 +47,9 @@ class Lease:
     cache: Cache
     reused_tokens: int
     source: str  # "working", "parked", "snapshot" or "none"
+    # The prompt to run: the one asked for, or the same bytes with the model's own
+    # tokens for its last reply (see `splice_onto_cache`).
+    prompt: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -103,8 +106,11 @@ class KVCacheManager:
         cache = self.working
         if not self.enabled:
             self.backend.trim(cache, 0)
-            return Lease(cache, 0, "none")
+            return Lease(cache, 0, "none", prompt)
 
+        spliced = splice_onto_cache(cache.tokens, prompt, self.backend.token_bytes)
+        if spliced is not None:
+            prompt = spliced
         usable = len(prompt) - 1  # the last prompt token is always fed, for its logits
         here = min(common_prefix_length(cache.tokens, prompt), usable)
         best_parked, parked_len = None, here
@@ -120,7 +126,7 @@ class KVCacheManager:
                 if self._load(cache, *found):
                     self.stats.snapshot_loads += 1
                     self._snapshot_len = len(found[0])
-                    return self._lend(cache, min(common_prefix_length(found[0], prompt), usable), "snapshot")
+                    return self._lend(cache, min(common_prefix_length(found[0], prompt), usable), "snapshot", prompt)
                 self.snapshots.discard(found[0])
                 here = 0  # the failed load emptied the working cache
 
@@ -130,13 +136,13 @@ class KVCacheManager:
             self._snapshot_len = 0
             if self._load(cache, best_parked.tokens, best_parked.state):
                 self.stats.restores += 1
-                return self._lend(cache, parked_len, "parked")
+                return self._lend(cache, parked_len, "parked", prompt)
             here = 0
 
         self._park_working(keep=here)  # where it diverges, keep the rest for later
         self.backend.trim(cache, here)
         self._snapshot_len = min(self._snapshot_len, here)
-        return self._lend(cache, here, "working" if here else "none")
+        return self._lend(cache, here, "working" if here else "none", prompt)
 
     def release(self, lease: Lease) -> None:
         """The request is done; its tokens stay in the working cache for the next one."""
@@ -148,13 +154,13 @@ class KVCacheManager:
             self._save_snapshot()
         self._enforce_budget()
 
-    def _lend(self, cache: Cache, reused: int, source: str) -> Lease:
+    def _lend(self, cache: Cache, reused: int, source: str, prompt: list[int]) -> Lease:
         self.backend.trim(cache, reused)
         reused = min(reused, len(cache.tokens))
         if reused:
             self.stats.hits += 1
             self.stats.reused_tokens += reused
-        return Lease(cache, reused, source)
+        return Lease(cache, reused, source, prompt)
 
     # -- parking ------------------------------------------------------------------------
 
