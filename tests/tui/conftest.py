@@ -77,7 +77,9 @@ def make_loader(delay_s: float = 0.0, calls: list | None = None):
 
 @pytest.fixture
 def tui_settings(isolated_home):
-    return load_settings(ctx_size=512)
+    # One thread: stories260K needs no more, and llama.cpp's spinning worker threads
+    # slow down badly when other processes hold the cores.
+    return load_settings(ctx_size=512, threads=1)
 
 
 @pytest.fixture

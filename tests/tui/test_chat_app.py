@@ -21,7 +21,7 @@ def greedy_continuation(stories_path, prompt: str, n: int) -> str:
     from localllm.runtime import load_model
     from localllm.types import Message, SamplingParams
 
-    model = load_model(str(stories_path), load_settings(ctx_size=512))
+    model = load_model(str(stories_path), load_settings(ctx_size=512, threads=1))
     try:
         return model.chat([Message("user", prompt)], SamplingParams(temperature=0), max_tokens=n).text()
     finally:

@@ -74,7 +74,7 @@ def test_chat_in_a_real_terminal(stories_path, tmp_path):
     # Textual draws on stderr, so it cannot be redirected; the exit code goes to a file.
     command = " ".join([
         "env", f"LOCALLLM_HOME={shlex.quote(str(home))}", f"LOCALLLM_CONFIG={shlex.quote(str(config))}", "TERM=xterm-256color",
-        shlex.quote(sys.executable), "-m", "localllm", "chat", shlex.quote(str(stories_path)), "--ctx-size", "512",
+        shlex.quote(sys.executable), "-m", "localllm", "chat", shlex.quote(str(stories_path)), "--ctx-size", "512", "--threads", "1",
         ";", "echo", "$?", ">", shlex.quote(str(rc_file)),
     ])
     session = TmuxSession(tmux, command)
