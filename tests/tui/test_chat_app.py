@@ -423,3 +423,45 @@ def test_a_streaming_reply_is_saved_line_by_line(make_app, isolated_home):
         assert state == "streaming" and shown.startswith(saved)
         unsaved = shown[len(saved):]
         assert "\n" not in unsaved and len(unsaved) < 450  # at most the line being written
+
+
+def test_multiline_prompt_and_the_chat_list_rename_search_delete(make_app, isolated_home):
+    from localllm.tui.screens.dialogs import TextPromptDialog
+
+    app = make_app()
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot)
+            # Ctrl+J starts a new line; Enter sends both lines as one message.
+            app.chat.prompt.focus()
+            await pilot.press("O", "n", "e", "ctrl+j", "T", "w", "o", "enter")
+            await wait_reply_done(pilot)
+            first = app.chat.conversation.id
+            assert app.store.messages(first)[0].content == "One\nTwo"
+            await pilot.press("ctrl+n")
+            await send(pilot, "Three")
+            await wait_reply_done(pilot)
+            # Rename the current chat with F2.
+            await pilot.press("f2")
+            dialog = await wait_screen(pilot, TextPromptDialog)
+            dialog.query_one("#dialog-input").value = "Numbers"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.store.get(app.chat.conversation.id).title == "Numbers"
+            # Search narrows the list to chats whose title or messages match.
+            await pilot.press("ctrl+f")
+            await pilot.press(*"two")
+            await pilot.pause()
+            options = app.chat.query_one("#conversation-options")
+            assert [options.get_option_at_index(i).prompt for i in range(options.option_count)] == ["One"]
+            # Delete from the list (Delete, then confirm); the open chat is left alone.
+            options.focus()
+            await pilot.press("delete")
+            await wait_screen(pilot, ConfirmDialog)
+            await pilot.press("y")
+            await pilot.pause()
+            assert app.store.get(first) is None and app.store.messages(first) == []
+            assert app.chat.conversation is not None and app.chat.conversation.title == "Numbers"
+
+    run(scenario())

@@ -38,3 +38,33 @@ def test_export_markdown():
         "## You\n\nName a river\n\n## Assistant (llama)\n\nThe Danube.\n\n## You\n\nAnother\n\n"
         "## Assistant (llama) — stopped\n\nThe Rh\n"
     )
+
+
+def test_status_bar_fields():
+    import asyncio
+
+    from textual.app import App
+
+    from localllm.tui.widgets.status_bar import StatusBar
+
+    class Bar(App):
+        def compose(self):
+            yield StatusBar()
+
+    async def scenario():
+        app = Bar()
+        async with app.run_test(size=(100, 3)) as pilot:
+            bar = app.query_one(StatusBar)
+            bar.set_model("/models/qwen2.5-0.5b.gguf", "llamacpp")
+            bar.set_speed(0.0123, 456.7)
+            bar.set_draft(40, 30)
+            level = bar.set_context(3900, 4096)
+            await pilot.pause()
+            text = " ".join(str(label.content) for label in bar.children)
+            assert text == "qwen2.5-0.5b llamacpp ctx ▰▰▰▰▰▰ 3.9k/4.1k TTFT 12 ms 457 tok/s draft 75%"
+            assert level == "danger" and bar.query_one("#status-context").has_class("-danger")
+            bar.set_draft(0, 0)
+            bar.set_speed(None, None)
+            assert " ".join(str(label.content) for label in bar.children).endswith("TTFT – – tok/s draft –")
+
+    asyncio.run(scenario())

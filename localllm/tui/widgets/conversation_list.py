@@ -63,10 +63,9 @@ class ConversationList(Vertical):
         options.add_options([Option(c.title, id=str(c.id)) for c in conversations])
         if not conversations:
             options.add_option(Option("(no chats)" if not self.search_text else "(no match)", disabled=True))
-        for index, c in enumerate(conversations):
-            if c.id == current_id:
-                options.highlighted = index
-                break
+        ids = [c.id for c in conversations]
+        if ids:  # the open chat, else the first one: the cursor is always somewhere
+            options.highlighted = ids.index(current_id) if current_id in ids else 0
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
