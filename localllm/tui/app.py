@@ -108,8 +108,10 @@ class ChatApp(App):
     def load_model(self, name: str, ctx_size: int = 0) -> None:
         """Load `name` in the background; the current model is closed first."""
         chat = self.chat
-        reply = chat.stop_reply()
-        chat.pending_send = chat.pending_send and reply is None
+        pending = chat.pending_send  # a send waiting for this very load survives it
+        chat.stop_reply()
+        chat.pending_send = pending
+        reply = chat.reply
         old, self.model = self.model, None
         self.model_name, self.model_ctx, self.loading = name, ctx_size, True
         chat.status.set_model(name, "", note=f"loading {model_label(name)}…")

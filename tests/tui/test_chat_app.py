@@ -465,3 +465,29 @@ def test_multiline_prompt_and_the_chat_list_rename_search_delete(make_app, isola
             assert app.chat.conversation is not None and app.chat.conversation.title == "Numbers"
 
     run(scenario())
+
+
+def test_sending_in_a_chat_with_another_context_size_reloads_then_replies(make_app, isolated_home):
+    from localllm.tui.store import ConversationSettings
+
+    store = ConversationStore.in_home(isolated_home)
+    small = store.create("", ConversationSettings(temperature=0.0, max_tokens=16, ctx_size=256), title="Small context")
+    store.close()
+    app = make_app()
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot)
+            await pilot.press("ctrl+n")
+            assert app.model.n_ctx == 512
+            options = app.chat.query_one("#conversation-options")
+            options.focus()
+            await pilot.press("enter")  # the only chat in the list
+            await pilot.pause()
+            assert app.chat.conversation.id == small.id
+            await send(pilot, "Once upon a time")
+            await wait_for(pilot, lambda: app.model is not None and app.model.n_ctx == 256)
+            await wait_reply_done(pilot)
+            assert app.chat.chat_view.last_reply().state == "done" and "/256" in screen_text(app)
+
+    run(scenario())
