@@ -15,30 +15,52 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def splice_onto_cache(held: Sequence[int], prompt: Sequence[int], token_bytes) -> list[int] | None:
-    """`prompt` with its first part replaced by `held`, when they spell the same bytes.
+    """`prompt` with its first part spelled by the cache's own tokens, where the bytes agree.
 
     A chat's next prompt re-tokenizes the model's last reply from text, which need not
-    give the tokens the model generated (and holds in its cache). When the bytes of
-    `held` past the common prefix equal the bytes of some run of prompt tokens, the
-    model's own tokens can stand for that run: the cache is reused up to its end, and
-    the rest of the prompt (template markup, the new message) keeps its own tokens.
-    Returns None when no such run exists. Tokens without bytes (control tokens) never
-    take part, so no control token is lost or invented.
+    give the tokens the model generated (and holds in its cache). Past their common
+    prefix, `held` and `prompt` are walked side by side over their bytes; the last point
+    where both have spelled the same bytes at a token boundary is where the cache's
+    tokens can hand over to the prompt's. Returns held[:j] + prompt[k:] for that point,
+    or None when there is none beyond the common prefix. Tokens without bytes (control
+    tokens) stop the walk, so no control token is ever lost or invented.
     """
     d = common_prefix_length(held, prompt)
     if d == len(held) or d == len(prompt):
         return None
-    tail = b"".join(token_bytes(t) for t in held[d:])
-    if not tail or any(not token_bytes(t) for t in held[d:]):
+    i = k = d
+    held_bytes, prompt_bytes = bytearray(), bytearray()
+    best = None
+    while True:
+        if len(held_bytes) == len(prompt_bytes):
+            if held_bytes != prompt_bytes:
+                break
+            if i > d:
+                best = (i, k)
+            if i == len(held) or k == len(prompt):
+                break
+            step_held = step_prompt = True
+        else:
+            step_held = len(held_bytes) < len(prompt_bytes)
+            step_prompt = not step_held
+            shorter, longer = (held_bytes, prompt_bytes) if step_held else (prompt_bytes, held_bytes)
+            if longer[: len(shorter)] != shorter:
+                break
+            if (step_held and i == len(held)) or (step_prompt and k == len(prompt)):
+                break
+        if step_held:
+            piece = token_bytes(held[i])
+            if not piece:
+                break
+            held_bytes += piece
+            i += 1
+        if step_prompt:
+            piece = token_bytes(prompt[k])
+            if not piece:
+                break
+            prompt_bytes += piece
+            k += 1
+    if best is None or best[1] >= len(prompt):
         return None
-    run = bytearray()
-    k = d
-    while k < len(prompt) and len(run) < len(tail):
-        piece = token_bytes(prompt[k])
-        if not piece:
-            return None
-        run += piece
-        k += 1
-    if run != tail or k >= len(prompt):
-        return None
-    return list(held) + list(prompt[k:])
+    j, k = best
+    return list(held[:j]) + list(prompt[k:])

@@ -15,8 +15,13 @@ def test_same_bytes_different_tokens_are_spliced():
     assert splice_onto_cache(held, prompt, piece) == [1, 3, 4, 6, 7]
 
 
+def test_splices_at_the_last_boundary_where_the_bytes_agree():
+    # held spells "a" "b" "c"; the prompt "ab" "x": they agree up to "ab", then differ.
+    assert splice_onto_cache([1, 3, 4, 5], [1, 2, 7, 7], piece) == [1, 3, 4, 7, 7]
+
+
 def test_no_splice_when_bytes_differ_or_nothing_follows():
-    assert splice_onto_cache([1, 3, 5], [1, 2, 6, 7], piece) is None
+    assert splice_onto_cache([1, 5, 3], [1, 2, 6, 7], piece) is None
     assert splice_onto_cache([1, 3, 4], [1, 2], piece) is None
     assert splice_onto_cache([1, 3], [1, 3, 7], piece) is None  # already a prefix
 
