@@ -72,9 +72,9 @@ class PacedHandle:
 
 
 def stand_in_model(pieces, rate, emitted):
-    engine = SimpleNamespace(submit=lambda request: PacedHandle(pieces, rate, emitted), backend=SimpleNamespace(name="synthetic"))
+    engine = SimpleNamespace(submit=lambda request: PacedHandle(pieces, rate, emitted))
     return SimpleNamespace(
-        n_ctx=1 << 20, engine=engine, chat_tokens=lambda messages: [1, 2, 3],
+        n_ctx=1 << 20, engine=engine, backend_name="synthetic", chat_tokens=lambda messages: [1, 2, 3],
         request=lambda tokens, sampling, max_tokens: None, close=lambda: None,
     )
 

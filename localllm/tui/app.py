@@ -133,7 +133,7 @@ class ChatApp(App):
         self.model, self.loading = message.model, False
         self.store.set_pref("last_model", message.name)
         chat = self.chat
-        chat.status.set_model(message.name, message.model.engine.backend.name)
+        chat.status.set_model(message.name, message.model.backend_name)
         chat.update_context(chat.context_used)
         await chat.on_model_ready()
 

@@ -32,9 +32,7 @@ class StandInModel:
     """What the app reads from a loaded model, without loading one."""
 
     n_ctx = 4096
-
-    def __init__(self):
-        self.engine = SimpleNamespace(backend=SimpleNamespace(name="llamacpp"))
+    backend_name = "llamacpp"
 
     def close(self):
         pass
