@@ -125,6 +125,8 @@ class ReplyStreaming:
         elif len(text) - reply.saved >= SAVE_EVERY_CHARS:
             self.store.update_message(reply.message_id, text)
             reply.saved = len(text)
+        if reply.stop.is_set():  # stopped (another chat may be open now): saving was all
+            return
         decode_s = message.elapsed_s - (message.ttft_s or 0.0)
         self.status.set_speed(message.ttft_s, (message.tokens - 1) / decode_s if decode_s > 0 and message.tokens > 1 else None)
         self.update_context(reply.prompt_tokens + message.tokens)

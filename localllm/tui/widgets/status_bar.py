@@ -7,8 +7,10 @@ from __future__ import annotations
 from textual.containers import Horizontal
 from textual.widgets import Label
 
-WARN_AT = 0.75
-DANGER_AT = 0.90
+# The chat refuses (or drops old turns) once the prompt leaves less than an eighth of the
+# context for the reply, so the meter turns red before 7/8.
+WARN_AT = 0.70
+DANGER_AT = 0.85
 METER_CELLS = 6
 
 
