@@ -77,14 +77,16 @@ class LoadedModel:
             stop_token_ids=self.prompter.stop_token_ids,
         )
 
-    def fit_chat(self, messages: Sequence[Message], max_tokens: int | None = None) -> tuple[list[int], int]:
-        """Prompt tokens for a chat under the overflow policy: (tokens, messages dropped).
-        Room for the reply is kept: `max_tokens`, or an eighth of the context."""
+    def fit_chat(self, messages: Sequence[Message], max_tokens: int | None = None,
+                 policy: str | None = None) -> tuple[list[int], int]:
+        """Prompt tokens for a chat under the overflow policy (the model's, or `policy`):
+        (tokens, messages dropped). Room for the reply is kept: `max_tokens`, or an
+        eighth of the context."""
         from localllm.kvcache import OverflowPolicy, fit_messages
 
         reserve = max_tokens if max_tokens and max_tokens > 0 else max(1, self.n_ctx // 8)
         tokens, _, dropped = fit_messages(
-            messages, self.chat_tokens, self.n_ctx, min(reserve, self.n_ctx - 1), OverflowPolicy(self.overflow)
+            messages, self.chat_tokens, self.n_ctx, min(reserve, self.n_ctx - 1), OverflowPolicy(policy or self.overflow)
         )
         return tokens, dropped
 

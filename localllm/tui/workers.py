@@ -68,18 +68,6 @@ def load_model_worker(name: str, settings, ctx_size: int, post: Post, loader=def
     post(ModelLoaded(name, model, ctx_size))
 
 
-def fit_prompt(model, messages: Sequence[Message], max_tokens: int, overflow: str) -> tuple[list[int], int]:
-    """Prompt tokens for `messages` under the overflow policy, keeping room for the reply
-    (`max_tokens`, or an eighth of the context): (tokens, messages dropped)."""
-    from localllm.kvcache import OverflowPolicy, fit_messages
-
-    reserve = max_tokens if max_tokens > 0 else max(1, model.n_ctx // 8)
-    tokens, _, dropped = fit_messages(
-        messages, model.chat_tokens, model.n_ctx, min(reserve, model.n_ctx - 1), OverflowPolicy(overflow)
-    )
-    return tokens, dropped
-
-
 def stream_reply_worker(
     model,
     messages: Sequence[Message],
@@ -98,7 +86,7 @@ def stream_reply_worker(
     ttft: float | None = None
     t0 = clock()
     try:
-        tokens, dropped = fit_prompt(model, messages, max_tokens, overflow)
+        tokens, dropped = model.fit_chat(messages, max_tokens, policy=overflow)
         post(ReplyStarted(message_id, len(tokens), model.n_ctx, dropped))
         handle = model.engine.submit(model.request(tokens, sampling, max_tokens or None))
         finish, stats = "stop", None

@@ -11,6 +11,7 @@ from localllm.tui.messages import (
     ModelLoaded, ModelLoadFailed, PullFinished, PullProgressed, ReplyDelta, ReplyFinished, ReplyStarted,
 )
 from localllm.tui.workers import load_model_worker, model_label, pull_model_worker, stream_reply_worker
+from localllm.runtime import LoadedModel
 from localllm.types import GenerationChunk, GenerationStats, Message, SamplingParams
 
 
@@ -37,10 +38,13 @@ class FakeHandle:
 
 def fake_model(handle, prompt=(1, 2, 3)):
     engine = SimpleNamespace(submit=lambda request: handle)
-    return SimpleNamespace(
-        chat_tokens=lambda messages: list(prompt), n_ctx=64, engine=engine,
+    model = SimpleNamespace(
+        chat_tokens=lambda messages: list(prompt), n_ctx=64, engine=engine, overflow="refuse",
         request=lambda tokens, sampling, max_tokens: (tokens, max_tokens),
     )
+    # The real overflow rule, over the fake's tokens.
+    model.fit_chat = lambda messages, max_tokens=None, policy=None: LoadedModel.fit_chat(model, messages, max_tokens, policy)
+    return model
 
 
 def test_stream_posts_full_text_and_finishes():
