@@ -1,6 +1,7 @@
 """Our CPU path versus a bare llama-cpp-python loop doing the same greedy work.
 
-Both run with the same model file, context size, batch size, threads and KV type,
+Both run with the same model file, context size, batch size, threads, KV type and
+flash-attention setting,
 interleaved run by run so machine noise hits both alike. Each run is a fresh worker
 process: llama.cpp's OpenMP thread teams belong to the thread that computes, and a
 second side computing from another thread of the same process would compete with the
@@ -43,7 +44,7 @@ PROMPT = (
 class BareLoop:
     """The minimal llama-cpp-python program: what a user would write by hand."""
 
-    def __init__(self, path: str, n_ctx: int, n_batch: int, threads: int):
+    def __init__(self, path: str, n_ctx: int, n_batch: int, threads: int, flash_attn: bool):
         import llama_cpp as L
 
         self.L = L
@@ -53,6 +54,7 @@ class BareLoop:
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
         cp.n_threads = cp.n_threads_batch = threads
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
         self.vocab = L.llama_model_get_vocab(self.model)
@@ -123,9 +125,10 @@ def worker(side: str, path: str, n_prompt: int, n_new: int, threads: int, n_ctx:
         result = ours_run(engine, prompt, n_new)
         engine.close()
     else:
-        n_ctx_used, n_batch_used = engine.backend.n_ctx, engine.backend.n_batch
+        b = engine.backend
+        n_ctx_used, n_batch_used, flash_attn = b.n_ctx, b.n_batch, b.flash_attn
         engine.close()
-        loop = BareLoop(path, n_ctx_used, n_batch_used, threads)
+        loop = BareLoop(path, n_ctx_used, n_batch_used, threads, flash_attn)
         loop.run(prompt, 4)
         result = loop.run(prompt, n_new)
         loop.close()

@@ -86,8 +86,15 @@ class LlamaCppBackend:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.type_k = cparams.type_v = KV_GGML_TYPES[kv_type]
-        if kv_type != "f16":  # llama.cpp quantizes the V cache only with flash attention
-            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        # Flash attention on the CPU: llama.cpp's kernel handles a small batch against a
+        # long cache row by row. Measured on 2 cores, 1.1B Q4_K_M at 1,400 cached tokens:
+        # decode 28.8 ms/token without it vs 38.5 with, a 53-token follow-up turn 0.61 s
+        # vs 1.19 s, full prefill the same. So it is off, except where llama.cpp needs it
+        # (a quantized V cache).
+        self.flash_attn = kv_type != "f16"
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         cparams.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
