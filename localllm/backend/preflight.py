@@ -22,7 +22,6 @@ estimate errs high for them.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass

@@ -2,7 +2,6 @@
 byte budget, disk snapshots across processes, and the overflow policy."""
 
 import json
-from pathlib import Path
 
 import pytest
 

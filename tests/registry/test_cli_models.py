@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from .conftest import REPO_ROOT, cli, cli_process, sha256
 
@@ -88,7 +87,7 @@ def test_a_killed_pull_resumes_instead_of_starting_over(env, hub, catalog_repo, 
     hub.log.clear()
     r = cli("pull", "llama3.2:1b", env=env)
     assert r.returncode == 0, r.stderr
-    assert f"downloading Llama-3.2-1B-Instruct-Q4_K_M.gguf (1.1 MiB, resuming at" in r.stderr
+    assert "downloading Llama-3.2-1B-Instruct-Q4_K_M.gguf (1.1 MiB, resuming at" in r.stderr
     assert cdn(hub)[0].range == f"bytes={kept}-"
     assert hub.bytes_served() == len(stories_bytes) - kept
     assert not partial.exists()

@@ -107,7 +107,7 @@ class InboxApp(App):
 def test_inbox_coalesces_a_burst_from_a_thread():
     async def scenario():
         app = InboxApp()
-        async with app.run_test() as pilot:
+        async with app.run_test():
             inbox = app.query_one(Inbox)
             pieces = [f"w{i} " for i in range(3000)]
 

@@ -17,7 +17,7 @@ from textual.widgets import Footer
 from localllm.tui.export import conversation_markdown, slug
 from localllm.tui.screens.dialogs import ConfirmDialog, TextPromptDialog
 from localllm.tui.screens.settings import SettingsScreen
-from localllm.tui.screens.replies import ReplyStreaming
+from localllm.tui.screens.replies import ActiveReply, ReplyStreaming
 from localllm.tui.store import Conversation, StoredMessage
 from localllm.tui.widgets.chat_view import ChatView, MessageBubble, code_blocks
 from localllm.tui.widgets.conversation_list import ConversationList
