@@ -53,6 +53,12 @@ class LoadedModel:
         """Bytes the loaded model holds (weights, KV cache)."""
         return self.engine.backend.memory()
 
+    @property
+    def cache_stats(self):
+        """The KV-cache manager's counters (`localllm.kvcache.CacheStats`): hits, hit
+        rate, reused tokens, bytes held. Updated between requests."""
+        return self.engine.caches.stats
+
     def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         return self.prompter.encode(messages, add_generation_prompt=add_generation_prompt)
 

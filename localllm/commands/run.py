@@ -100,7 +100,7 @@ def run_command(args) -> int:
         else:
             text = f"{args.system}\n\n{prompt}" if args.system else prompt
             handle = model.complete(text, sampling, args.max_tokens, args.stop)
-        _report(_stream(handle), args)
+        _report(_stream(handle), args, model)
     finally:
         model.close()
     return 0
@@ -177,10 +177,10 @@ def _repl(model, args, sampling, chat: bool) -> int:
             messages += [Message("user", line), Message("assistant", reply_text)]
         else:
             transcript += line + reply_text + "\n"
-        _report(stats, args)
+        _report(stats, args, model)
 
 
-def _report(stats: GenerationStats | None, args) -> None:
+def _report(stats: GenerationStats | None, args, model=None) -> None:
     if stats is None:
         return
     if args.stats == "json":
@@ -194,3 +194,10 @@ def _report(stats: GenerationStats | None, args) -> None:
             f"peak RSS {stats.peak_rss_bytes / 2**20:.0f} MiB",
             file=sys.stderr,
         )
+        if model is not None:
+            cache = model.cache_stats
+            print(
+                f"KV cache: {cache.hits} of {cache.requests} requests reused a prefix "
+                f"({cache.token_hit_rate:.0%} of prompt tokens), {cache.bytes_held / 2**20:.1f} MiB held",
+                file=sys.stderr,
+            )

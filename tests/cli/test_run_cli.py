@@ -57,7 +57,7 @@ def test_prompt_from_stdin_and_stats_json(stories_path):
 def test_verbose_reports_in_words(stories_path):
     r = run_cli("run", str(stories_path), "Hi", "--max-tokens", "4", "--verbose")
     assert r.returncode == 0
-    for words in ("loaded", "time to first token", "prefill", "decode", "peak RSS"):
+    for words in ("loaded", "time to first token", "prefill", "decode", "peak RSS", "KV cache:", "MiB held"):
         assert words in r.stderr
 
 
