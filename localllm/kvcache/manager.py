@@ -100,17 +100,18 @@ class KVCacheManager:
         """The working cache, holding as much of `prompt` as can be found."""
         prompt = list(prompt)
         self.stats.requests += 1
-        self.stats.prompt_tokens += len(prompt)
         if self.working is None:
             self.working = self.backend.new_cache()
         cache = self.working
         if not self.enabled:
+            self.stats.prompt_tokens += len(prompt)
             self.backend.trim(cache, 0)
             return Lease(cache, 0, "none", prompt)
 
         spliced = splice_onto_cache(cache.tokens, prompt, self.backend.token_bytes)
         if spliced is not None:
             prompt = spliced
+        self.stats.prompt_tokens += len(prompt)
         usable = len(prompt) - 1  # the last prompt token is always fed, for its logits
         here = min(common_prefix_length(cache.tokens, prompt), usable)
         best_parked, parked_len = None, here
@@ -123,7 +124,7 @@ class KVCacheManager:
             found = self.snapshots.find(prompt, min_tokens=here + 1)
             if found is not None:
                 self._park_working(keep=here)
-                if self._load(cache, *found):
+                if self.backend.load_state(cache, *found):
                     self.stats.snapshot_loads += 1
                     self._snapshot_len = len(found[0])
                     return self._lend(cache, min(common_prefix_length(found[0], prompt), usable), "snapshot", prompt)
@@ -134,13 +135,12 @@ class KVCacheManager:
             self._park_working(keep=here)
             self.parked.remove(best_parked)
             self._snapshot_len = 0
-            if self._load(cache, best_parked.tokens, best_parked.state):
+            if self.backend.load_state(cache, best_parked.tokens, best_parked.state):
                 self.stats.restores += 1
                 return self._lend(cache, parked_len, "parked", prompt)
             here = 0
 
         self._park_working(keep=here)  # where it diverges, keep the rest for later
-        self.backend.trim(cache, here)
         self._snapshot_len = min(self._snapshot_len, here)
         return self._lend(cache, here, "working" if here else "none", prompt)
 
@@ -171,10 +171,6 @@ class KVCacheManager:
         if len(cache.tokens) > keep + MIN_PARK_TAIL:
             self.parked.append(_Parked(list(cache.tokens), self.backend.save_state(cache)))
             self.stats.parks += 1
-
-    def _load(self, cache: Cache, tokens: list[int], state: bytes) -> bool:
-        """Replace the working cache's contents with a saved state (empty if refused)."""
-        return self.backend.load_state(cache, tokens, state)
 
     def _enforce_budget(self) -> None:
         while self.parked and sum(len(p.state) for p in self.parked) > self.budget_bytes:
