@@ -141,7 +141,7 @@ class Server:
 
 
 def _eos_bias(path: str) -> dict:
-    code = ("import sys, json; from localllm.backend.gguf_header import inspect_gguf;"
+    code = ("import sys, json; from localllm.formats.gguf import inspect_gguf;"
             "from localllm.backend.select import load_backend; from localllm.config import Settings;"
             "from pathlib import Path; b = load_backend(sys.argv[1], Settings(home=Path('/nonexistent'),"
             " cache_dir=Path('/nonexistent'), ctx_size=64)); print(json.dumps(sorted(b.eos_ids)))")

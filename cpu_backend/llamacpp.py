@@ -16,7 +16,8 @@ import llama_cpp
 import numpy as np
 
 from . import llama_log
-from localllm.backend.protocol import MemoryReport, ModelInfo
+from localllm.backend.protocol import MemoryReport
+from localllm.types import ModelInfo
 from localllm.errors import ContextOverflowError, ModelFileError
 
 KV_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}

@@ -16,7 +16,7 @@ from typing import Mapping
 import llama_cpp
 
 from . import llama_log
-from localllm.backend.gguf_header import read_header
+from localllm.formats.gguf import read_header
 from localllm.errors import ModelFileError
 from localllm.tokenizer.base import TokenizerBase, end_of_turn_ids_from
 

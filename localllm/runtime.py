@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from localllm.backend.protocol import ModelInfo
+from localllm.types import ModelInfo
 from localllm.config import Settings
 from localllm.engine import Engine, RequestHandle
 from localllm.types import GenerationRequest, Message, SamplingParams

@@ -113,3 +113,18 @@ class Message:
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself (from its GGUF header or config)."""
+
+    path: str
+    architecture: str
+    name: str = ""
+    context_length: int = 0
+    vocab_size: int = 0
+    n_params: int = 0
+    file_type: str = ""
+    chat_template: str | None = None
+    metadata: dict = field(default_factory=dict, repr=False)

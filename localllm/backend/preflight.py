@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from localllm.backend.protocol import ModelInfo
+from localllm.types import ModelInfo
 from localllm.errors import UserError
 
 KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}

@@ -8,25 +8,12 @@ back. Backends are loaded through `localllm.backend.select.load_backend`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from localllm.types import ModelInfo  # noqa: F401  (re-exported: part of the protocol)
+
 import numpy as np
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a model file says about itself (from its GGUF header or config)."""
-
-    path: str
-    architecture: str
-    name: str = ""
-    context_length: int = 0
-    vocab_size: int = 0
-    n_params: int = 0
-    file_type: str = ""
-    chat_template: str | None = None
-    metadata: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import platform
 import sys
 from dataclasses import replace
 
-from localllm.backend.gguf_header import inspect_gguf
+from localllm.formats.gguf import inspect_gguf
 from localllm.backend.protocol import Backend
 from localllm.config import Settings
 from localllm.errors import BackendUnavailableError, ModelFileError

@@ -23,7 +23,7 @@ class ModelFacts:
 
 def gguf_facts(parts: list[Path]) -> ModelFacts:
     """Facts from a GGUF file; for a split model, `parts` are all its files in order."""
-    from localllm.backend.gguf_header import inspect_gguf, read_header
+    from localllm.formats.gguf import inspect_gguf, read_header
 
     info = inspect_gguf(parts[0])
     parameters = info.n_params

@@ -92,7 +92,7 @@ def remove_model(name: str, settings) -> None:
 def import_model(path, name: str, settings) -> ModelEntry:
     """Copy a local GGUF file into the store as `name` (tag `latest` when none is given).
     The original file is left as it is."""
-    from localllm.backend.gguf_header import inspect_gguf
+    from localllm.formats.gguf import inspect_gguf
 
     src = Path(path).expanduser()
     info = inspect_gguf(src)  # refuses missing, foreign, truncated files with the reason
@@ -148,7 +148,7 @@ def _quant_label(path: Path, info) -> str:
         return info.file_type
     from gguf.constants import GGMLQuantizationType
 
-    from localllm.backend.gguf_header import read_header, tensor_nbytes
+    from localllm.formats.gguf import read_header, tensor_nbytes
 
     _, tensors = read_header(path)
     by_type: dict[int, int] = {}

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import run_cli
-from localllm.backend.gguf_header import inspect_gguf
+from localllm.formats.gguf import inspect_gguf
 from localllm.backend.select import load_backend
 from localllm.config import Settings
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from localllm.backend.gguf_header import inspect_gguf
+from localllm.formats.gguf import inspect_gguf
 from localllm.backend.preflight import (
     InsufficientMemoryError, available_memory, check_memory, estimate_memory,
 )
-from localllm.backend.protocol import ModelInfo
+from localllm.types import ModelInfo
 from localllm.config import Settings
 
 GIB = 1 << 30

@@ -11,7 +11,7 @@ import os
 import struct
 from pathlib import Path
 
-from localllm.backend.protocol import ModelInfo
+from localllm.types import ModelInfo
 from localllm.errors import ModelFileError
 
 GGUF_MAGIC = b"GGUF"
