@@ -40,6 +40,12 @@ def configure(sub) -> None:
                    help="also allow browser requests from ORIGIN, e.g. https://app.example.com (repeatable; "
                         "localhost origins and vscode-webview:// are always allowed)")
     p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the models' own")
+    p.add_argument("--allow-model-paths", action="store_true",
+                   help="let clients name GGUF files by path, not only pulled models (off: a path gets 404 "
+                        "and the server looks at no file outside its store)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to this host name (repeatable; loopback names "
+                        "and addresses always are): for a reverse proxy or a local DNS name")
     add_runtime_flags(p)
     p.set_defaults(handler=serve_command)
 
@@ -67,7 +73,8 @@ def serve_command(args) -> int:
         host=args.host, port=args.port, preload=args.model, keep_alive_s=keep_alive_s,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, max_loaded=args.max_loaded,
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, cors_origins=tuple(args.cors_origin),
-        chat_template=template,
+        chat_template=template, allow_model_paths=args.allow_model_paths,
+        allowed_hosts=tuple(args.allowed_host),
     ).validate()
     if config.preload:
         from localllm.registry import resolve_model_path

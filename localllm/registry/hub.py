@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import os
 import random
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ from localllm import __version__
 from localllm.registry.errors import HubAccessError, HubUnavailableError, ModelNotFoundError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# What a hub may say a file's digests are. They name files in the store (blobs, partials,
+# locks), so anything else (`x/../../keep`) is refused before it reaches a path.
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+GIT_OID_HEX = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -63,6 +68,15 @@ class RepoSnapshot:
     files: tuple[HubFile, ...]
     license: str | None
     gated: bool
+
+
+def _digest(value, pattern: re.Pattern, kind: str, path) -> str | None:
+    """A digest from the hub's listing, lowercased; ValueError unless it is plain hex."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not pattern.fullmatch(value.lower()):
+        raise ValueError(f"the {kind} of {str(path)[:200]!r} is {str(value)[:80]!r}, not a hex digest")
+    return value.lower()
 
 
 def hub_endpoint() -> str:
@@ -108,13 +122,15 @@ class HubClient:
                 HubFile(
                     path=str(s["rfilename"]),
                     size=int((s.get("lfs") or {}).get("size", s.get("size") or 0)),
-                    sha256=(s.get("lfs") or {}).get("sha256"),
-                    git_oid=s.get("blobId"),
+                    sha256=_digest((s.get("lfs") or {}).get("sha256"), SHA256_HEX, "sha256", s["rfilename"]),
+                    git_oid=_digest(s.get("blobId"), GIT_OID_HEX, "blob id", s["rfilename"]),
                 )
                 for s in data.get("siblings") or []
             )
             sha = str(data["sha"])
-        except (ValueError, KeyError, TypeError) as e:
+            if any(f.size < 0 for f in files):
+                raise ValueError("a negative file size")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise HubUnavailableError(
                 f"{self.endpoint} answered with an unexpected file list for hf.co/{repo} ({e}): "
                 "check HF_ENDPOINT points at a Hugging Face hub"

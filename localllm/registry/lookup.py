@@ -14,7 +14,7 @@ from localllm.errors import ModelFileError, UserError
 from localllm.registry.catalog import DEFAULT_QUANT, load_catalog
 from localllm.registry.errors import ModelNotFoundError
 from localllm.registry.manifest import Manifest
-from localllm.registry.names import ModelName, looks_like_path, parse_model_name
+from localllm.registry.names import ModelName, is_path_syntax, looks_like_path, parse_model_name
 from localllm.registry.store import ContentStore
 
 
@@ -93,11 +93,17 @@ def pick_format(manifests: list[Manifest], prefer: str, loadable: bool = True) -
     )
 
 
-def resolve_model_path(name: str, settings) -> Path:
+def resolve_model_path(name: str, settings, *, allow_paths: bool = True) -> Path:
     """A model name (`llama3.2:1b`, `hf.co/owner/repo:Q4_K_M`) or a local GGUF path, to
     the file (or MLX folder) to load. Raises a UserError naming what to do when nothing
-    matches, or when a pulled model's files are missing from the store."""
-    if looks_like_path(name):
+    matches, or when a pulled model's files are missing from the store. With
+    `allow_paths=False` (the server's default) only pulled names resolve, and nothing
+    outside the store is looked at."""
+    if not allow_paths:
+        if is_path_syntax(name):
+            raise ModelNotFoundError(f"model {name[:200]!r} is a file path, and this server serves pulled models only: "
+                                     "use a pulled name (`localllm list`), or start the server with --allow-model-paths")
+    elif looks_like_path(name):
         return Path(name).expanduser()
     store = ContentStore(settings.models_dir)
     manifest = pick_format(find_manifests(store, name), preferred_format(settings))

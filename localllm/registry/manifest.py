@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +74,8 @@ class Manifest:
         if data.get("schema") != SCHEMA:
             raise ValueError(f"manifest schema {data.get('schema')!r} is not {SCHEMA}")
         files = tuple(ManifestFile(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in data["files"])
+        if any(not re.fullmatch(r"[0-9a-f]{64}", f.sha256) for f in files):
+            raise ValueError("manifest names a blob by something other than a sha256")
         if not files or data["format"] not in FORMATS:
             raise ValueError("manifest lists no files or an unknown format")
         return cls(

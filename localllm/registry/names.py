@@ -66,11 +66,14 @@ def normalize_tag(tag: str, hub: bool) -> str:
     return tag.upper() if hub and tag.lower() != "latest" else tag.lower()
 
 
+def is_path_syntax(text: str) -> bool:
+    """True for text written as a file path (by its form alone: nothing is looked up)."""
+    return text.endswith(".gguf") or text.startswith(("/", "./", "../", "~", ".\\"))
+
+
 def looks_like_path(text: str) -> bool:
     """True for what the user surely meant as a file or folder rather than a name."""
-    if text.endswith(".gguf") or text.startswith(("/", "./", "../", "~", ".\\")):
-        return True
-    return os.path.exists(os.path.expanduser(text))
+    return is_path_syntax(text) or os.path.exists(os.path.expanduser(text))
 
 
 def parse_model_name(text: str) -> ModelName:

@@ -112,6 +112,7 @@ def _gguf_files(snap: RepoSnapshot, quant: str, explicit: bool) -> tuple[HubFile
     part = split_part(first.path)
     if part is None:
         singles = [f for f in candidates if split_part(f.path) is None]
+        safe_relative_path(singles[0].path)
         return (singles[0],)
     stem = split_stem(first.path)
     parts = sorted((f for f in candidates if split_part(f.path) and split_stem(f.path) == stem), key=lambda f: split_part(f.path))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +25,24 @@ from localllm.errors import ModelFileError
 from localllm.registry.locks import FileLock
 from localllm.registry.manifest import FORMATS, Manifest, fsync_dir, write_atomically
 from localllm.registry.names import ModelName
+
+
+# Names of files the store makes from digests: sha256 hex, or a download key
+# ("sha256-<hex>", "git-<hex>", "import-<hex>"). Nothing else becomes part of a path.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_KEY = re.compile(r"(sha256-[0-9a-f]{64}|git-[0-9a-f]{40}|git-[0-9a-f]{64}|import-[0-9a-f]{32})")
+
+
+def checked_sha256(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise ModelFileError(f"refusing the digest {str(sha256)[:80]!r}: a sha256 is 64 hex digits")
+    return sha256
+
+
+def checked_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ModelFileError(f"refusing the download key {str(key)[:80]!r}: it is not a digest")
+    return key
 
 
 def safe_relative_path(path: str) -> PurePosixPath:
@@ -46,7 +65,7 @@ class ContentStore:
     # blobs and partials
 
     def blob_path(self, sha256: str) -> Path:
-        return self.blobs / f"sha256-{sha256}"
+        return self.blobs / f"sha256-{checked_sha256(sha256)}"
 
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
         try:
@@ -56,7 +75,7 @@ class ContentStore:
         return size is None or st.st_size == size
 
     def partial_path(self, key: str) -> Path:
-        return self.partials / f"{key}.partial"
+        return self.partials / f"{checked_key(key)}.partial"
 
     def partial_size(self, key: str) -> int:
         try:
@@ -73,7 +92,7 @@ class ContentStore:
         return target
 
     def blob_lock(self, key: str) -> FileLock:
-        return FileLock(self.locks / f"{key}.lock")
+        return FileLock(self.locks / f"{checked_key(key)}.lock")
 
     def pull_guard(self) -> FileLock:
         """Held (shared) by every pull and import, so gc waits for none of them."""

@@ -42,7 +42,8 @@ class ServerState:
         self.admission = Admission(config.max_queue)
         self.models = ModelManager(settings, max_loaded=config.max_loaded, keep_alive_s=config.keep_alive_s,
                                    loader=loader, resolver=resolver, on_load=self.metrics.load_seconds.observe,
-                                   chat_template=config.chat_template)
+                                   chat_template=config.chat_template, allow_paths=config.allow_model_paths,
+                                   pinned=config.preload)
         self.service = GenerationService(self.models, self.metrics, self.admission)
         self.metrics.bind_sources(lambda: self.admission.waiting, lambda: self.admission.running,
                                   self.models.counts)

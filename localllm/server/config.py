@@ -19,6 +19,7 @@ from localllm.server import (
 )
 
 FOREVER = None  # a keep-alive of "never unload"
+MAX_FINITE_KEEP_ALIVE_S = 100 * 365 * 86400.0
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
@@ -53,7 +54,8 @@ def parse_duration(value) -> float | None:
         raise DurationError(f"{value!r} is not a duration")
     if math.isnan(seconds) or math.isinf(seconds):
         raise DurationError(f"{value!r} is not a duration")
-    return FOREVER if seconds < 0 else seconds
+    # Past a century a timer or a timestamp would overflow (time_t, asyncio): it is forever.
+    return FOREVER if seconds < 0 or seconds > MAX_FINITE_KEEP_ALIVE_S else seconds
 
 
 def format_duration(seconds: float | None) -> str:
@@ -92,6 +94,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # exact origins allowed besides the built-in ones
     allowed_hosts: tuple[str, ...] = ()  # Host header names allowed besides loopback ones
     chat_template: str | None = None  # Jinja text overriding every model's own template
+    allow_model_paths: bool = False  # clients may name GGUF files by path, not only pulled names
     extra: dict = field(default_factory=dict, compare=False)
 
     def validate(self) -> "ServerConfig":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -16,9 +17,24 @@ from starlette.requests import Request
 from localllm.server.errors import BadRequest
 
 
+# Bounds on what a body may hold, past the byte cap: nesting (a deep document makes
+# Python's recursive code fail later), integer size (huge ones cannot become floats and
+# take quadratic time to print) and text that is not Unicode (lone surrogates, which
+# JSON's \u escapes can write but no tokenizer can encode).
+MAX_JSON_DEPTH = 64
+MAX_JSON_INT = 1 << 64
+# Messages in one chat: each costs a template loop and a tokenizer call, so a chat of
+# 100,000 tiny messages under the byte cap would burn the CPU for minutes.
+MAX_MESSAGES = 2048
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 async def read_json_object(request: Request) -> dict:
     """The request body as a JSON object, or a 400 saying what is wrong with it."""
-    raw = await request.body()
+    return parse_json_object(await request.body())
+
+
+def parse_json_object(raw: bytes) -> dict:
     if not raw.strip():
         raise BadRequest("the request body is empty: send a JSON object")
     try:
@@ -27,9 +43,48 @@ async def read_json_object(request: Request) -> dict:
         raise BadRequest("the request body is not UTF-8 text: send a JSON object") from None
     except json.JSONDecodeError as e:
         raise BadRequest(f"the request body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise BadRequest(f"the request body nests arrays or objects too deeply: at most {MAX_JSON_DEPTH} levels "
+                         "are accepted") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise BadRequest(f"the request body holds a number this server cannot read ({_shorten(e)})") from None
     if not isinstance(data, dict):
         raise BadRequest(f"the request body must be a JSON object, not {_json_type(data)}")
+    check_json_bounds(data)
     return data
+
+
+def check_json_bounds(data: Any) -> None:
+    """A 400 for nesting deeper than MAX_JSON_DEPTH, integers beyond 64 bits, or text with
+    lone surrogates. Iterative, so the check itself cannot run out of stack."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")
+            for key, item in value.items():
+                _check_text(key)
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and not -MAX_JSON_INT < value < MAX_JSON_INT:
+            raise BadRequest("the request body holds an integer beyond 64 bits: no field takes one that large")
+
+
+def _check_text(text: str) -> None:
+    if _SURROGATE.search(text):
+        raise BadRequest("the request body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): "
+                         "send valid Unicode text")
+
+
+def _shorten(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _json_type(value: Any) -> str:
@@ -127,7 +182,7 @@ class Fields:
             raise self._bad(key, "an object", value)
         return Fields(value, f"{self.name(key)}.")
 
-    def array(self, key: str, *, required: bool = False) -> list | None:
+    def array(self, key: str, *, required: bool = False, limit: int | None = None) -> list | None:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -135,6 +190,9 @@ class Fields:
             return None
         if not isinstance(value, list):
             raise self._bad(key, "an array", value)
+        if limit is not None and len(value) > limit:
+            raise BadRequest(f"'{self.name(key)}' has {len(value)} items: at most {limit} are accepted",
+                             param=self.name(key), code="too_many_items")
         return value
 
     def stops(self, key: str, limit: int = 16) -> tuple[str, ...]:

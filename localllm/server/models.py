@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 from localllm.errors import UserError
+from localllm.registry.names import is_path_syntax
 from localllm.server.admission import EngineGate
 from localllm.server.config import FOREVER
-from localllm.server.errors import APIError, NotFound
+from localllm.server.errors import APIError, BadRequest, NotFound
 
 LOADING, READY, UNLOADING = "loading", "ready", "unloading"
 
@@ -64,8 +65,13 @@ class ModelManager:
 
     def __init__(self, settings, *, max_loaded: int = 1, keep_alive_s: float | None = 300.0,
                  loader: Callable | None = None, resolver: Callable | None = None,
-                 on_load: Callable[[float], None] | None = None, chat_template: str | None = None):
+                 on_load: Callable[[float], None] | None = None, chat_template: str | None = None,
+                 allow_paths: bool = False, pinned: str | None = None):
         self.settings = settings
+        # Clients name pulled models; a file path only where the server was started with
+        # --allow-model-paths, or the one it was started with (`--model PATH`).
+        self.allow_paths = allow_paths
+        self.pinned = pinned
         self.chat_template = chat_template
         self.max_loaded = max_loaded
         self.keep_alive_s = keep_alive_s
@@ -95,9 +101,17 @@ class ModelManager:
 
     async def resolve(self, name: str) -> str:
         """The file a model name stands for, or a 404 that says what to do."""
+        paths_ok = self.allow_paths or name == self.pinned
+        if not paths_ok and is_path_syntax(name):
+            raise NotFound(f"model {name[:200]!r} is a file path, and this server serves pulled models only: use a "
+                           "pulled name (GET /api/tags), or start the server with --allow-model-paths",
+                           code="model_not_found", param="model")
         resolver = self._resolver
         if resolver is None:
-            from localllm.registry import resolve_model_path as resolver
+            from localllm.registry import resolve_model_path
+
+            def resolver(name, settings):
+                return resolve_model_path(name, settings, allow_paths=paths_ok)
         try:
             path = await asyncio.to_thread(resolver, name, self.settings)
         except UserError as e:  # the registry's message names the model and what to do
@@ -221,6 +235,8 @@ class ModelManager:
     def _load_error(self, name: str, error: BaseException) -> APIError:
         if isinstance(error, APIError):
             return error
+        if isinstance(error, UserError):  # a file that is not a model, a context too large, ...
+            return BadRequest(f"could not load model '{name}': {error}", code="model_load_failed", param="model")
         return APIError(f"could not load model '{name}': {error}", status=500, code="model_load_failed")
 
     def _idle_victim(self) -> ModelSlot | None:

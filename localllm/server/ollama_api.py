@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from localllm.server.config import DurationError, parse_duration
 from localllm.server.errors import APIError, BadRequest
-from localllm.server.fields import Fields, read_json_object
+from localllm.server.fields import MAX_MESSAGES, Fields, read_json_object
 from localllm.server.jobs import ChatPrompt, GenerationJob, GenerationOutcome, InfillPrompt, TextPrompt
 from localllm.server.responses import GenerationResponse
 from localllm.types import Message, SamplingParams
@@ -195,7 +195,7 @@ async def chat(request: Request):
     t0 = time.perf_counter()
     f = Fields(await read_json_object(request))
     _refuse_unsupported(f)
-    messages = parse_messages(f.array("messages") or [])
+    messages = parse_messages(f.array("messages", limit=MAX_MESSAGES) or [])
     if not messages:
         return await _load_or_unload(request, f, "message", {"role": "assistant", "content": ""})
     job = _common(f, "ollama_chat", ChatPrompt(messages))

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from localllm.server.errors import APIError, BadRequest, NotFound, error_payload
-from localllm.server.fields import Fields, read_json_object
+from localllm.server.fields import MAX_MESSAGES, Fields, read_json_object
 from localllm.server.jobs import (
     ChatPrompt, GenerationJob, GenerationOutcome, InfillPrompt, TextPrompt, TokenPrompt,
 )
@@ -133,7 +133,7 @@ def parse_chat(body: dict) -> tuple[GenerationJob, bool, bool]:
     f = Fields(body)
     model = _model(f)
     _refuse_unsupported(f)
-    messages = parse_messages(f.array("messages", required=True))
+    messages = parse_messages(f.array("messages", required=True, limit=MAX_MESSAGES))
     stream, include_usage = _stream_options(f)
     max_tokens, param = _max_tokens(f, None)
     job = GenerationJob(model=model, prompt=ChatPrompt(messages), sampling=_sampling(f), max_tokens=max_tokens,

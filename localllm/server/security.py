@@ -1,8 +1,10 @@
 """Safety by default, as ASGI middleware (outermost first in `app.py`):
 
-- `HostCheck`: while bound to loopback, only requests addressed to a loopback name
-  (localhost, 127.0.0.1, [::1]) are served, so a web page cannot reach the server
-  through DNS rebinding.
+- `HostCheck`: while bound to loopback, only requests whose `Host` is exactly a loopback
+  name or address (localhost, 127.x.y.z, [::1], with an optional port) or a name the user
+  allowed (`--allowed-host`) are served, so a web page on another name cannot reach the
+  server through DNS rebinding (`127.0.0.1.nip.io`, `127.evil.example` and
+  `127.0.0.1@evil.example` are other names).
 - `CorsPolicy`: an allow-list of origins (any port of localhost, 127.0.0.1 and [::1],
   `vscode-webview://` and the configured ones), echoed back, never `*`; a request from
   any other origin is refused with 403 before it does anything (a plain form POST needs
@@ -16,6 +18,7 @@ Errors take the shape of the API asked (`localllm.server.errors`).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
 
 from localllm.server.config import is_loopback
@@ -37,25 +40,47 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-def _host_name(host_header: str) -> str:
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+# host[:port], where host is a bracketed IPv6 literal or a name/IPv4 address without
+# anything a URL authority could hide another host behind (userinfo, paths, spaces).
+_HOST_HEADER = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::(\d{1,5}))?$")
+
+
+def _host_name(host_header: str) -> str | None:
+    """The host part of a Host header, lowercased; None when it is not host[:port]."""
+    m = _HOST_HEADER.match(host_header.strip().lower())
+    return m.group(1) if m else None
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, an IPv4 address in 127.0.0.0/8 written as a dotted quad, or [::1]."""
+    if host == "localhost":
+        return True
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(literal)
+    except ValueError:
+        return False
+    # An IPv6 literal must come in brackets; an IPv4 one must not.
+    return address.is_loopback and (address.version == 6) == host.startswith("[")
 
 
 class HostCheck:
     def __init__(self, app, *, bound_host: str, allowed_hosts: tuple[str, ...] = ()):
         self.app = app
         self.active = is_loopback(bound_host)
-        self.allowed = {"localhost", "127.0.0.1", "[::1]", bound_host.lower()} | {h.lower() for h in allowed_hosts}
+        self.allowed = {h.strip().lower() for h in allowed_hosts if h.strip()}
+
+    def allows(self, host_header: str | None) -> bool:
+        host = _host_name(host_header or "")
+        return host is not None and (is_loopback_host(host) or host in self.allowed)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self.active:
-            host = _host_name(_header(scope, b"host") or "")
-            if host not in self.allowed and not host.startswith("127."):
-                err = Forbidden(f"requests addressed to host {host!r} are refused: this server answers "
-                                "only to localhost, 127.0.0.1 and [::1]")
+            host_header = _header(scope, b"host")
+            if not self.allows(host_header):
+                err = Forbidden(f"requests addressed to host {(host_header or '')[:100]!r} are refused: this server "
+                                "answers only to localhost, 127.0.0.1 and [::1] (allow another name with "
+                                "--allowed-host NAME)")
                 await send_error(send, scope["path"], err)
                 return
         await self.app(scope, receive, send)

@@ -32,6 +32,7 @@ class FakeRepo:
     gated: bool = False
     private: bool = False
     license: str | None = "mit"
+    listed: dict = field(default_factory=dict)  # path -> sibling fields that replace the true ones (a hostile hub)
 
     def is_lfs(self, path: str) -> bool:
         return path.endswith(LFS_SUFFIXES)
@@ -276,6 +277,7 @@ def _repo_info(repo: FakeRepo) -> dict:
         if repo.is_lfs(path):
             s["blobId"] = git_blob_id(b"version https://git-lfs.github.com/spec/v1\n")  # a pointer's id
             s["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        s.update(repo.listed.get(path, {}))
         siblings.append(s)
     return {
         "id": repo.repo_id,

@@ -76,7 +76,7 @@ def fim_loader(name, settings):
 
 @pytest.fixture(scope="module")
 def fim_server(stories_path, tmp_path_factory):
-    running = start_server(ServerConfig(port=0), server_settings(tmp_path_factory.mktemp("fim-home")),
+    running = start_server(ServerConfig(port=0, allow_model_paths=True), server_settings(tmp_path_factory.mktemp("fim-home")),
                            loader=fim_loader)
     yield running
     running.stop()

@@ -39,7 +39,7 @@ def two_models(stories_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lazy(tmp_path_factory):
-    running = start_server(ServerConfig(port=0, keep_alive_s=300.0),
+    running = start_server(ServerConfig(port=0, keep_alive_s=300.0, allow_model_paths=True),
                            server_settings(tmp_path_factory.mktemp("lazy-home")), loader=gated_loader)
     yield running
     running.stop()
