@@ -23,6 +23,12 @@ from localllm.errors import ContextOverflowError, ModelFileError
 KV_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
 MAX_SEQUENCES = 8
+# A build with llama.cpp's AMX kernels (compiled in by -march=native on a CPU that has
+# AMX) crashed with a segfault on every batch of 2 or more tokens of a quantized model
+# (SmolLM2 Q4_1, a Q4_K_M llama) on the 2-core Xeon VM this project is built on, whatever
+# the thread count. AMX weights live in an "extra" buffer type, so such builds load
+# weights into plain CPU buffers (which also gives up the CPU repack of Q4_0/Q4_K).
+AMX_BUILD = b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
 
 class LlamaCppCache:
@@ -70,6 +76,7 @@ class LlamaCppBackend:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
         mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if llama_cpp.llama_supports_mmap() else 0
+        mparams.use_extra_bufts = not AMX_BUILD
         self._model = llama_cpp.llama_model_load_from_file(path, mparams)
         if not self._model:
             detail = self._log.last_error() or "llama.cpp could not load it"
