@@ -62,11 +62,17 @@ class LoadedModel:
     def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         return self.prompter.encode(messages, add_generation_prompt=add_generation_prompt)
 
-    def text_tokens(self, prompt: str) -> list[int]:
+    def text_tokens(self, prompt: str, special: bool = False) -> list[int]:
+        """A prompt continued as written. `special=True` is for prompts a client
+        formatted itself (raw mode): "<|im_start|>" there is the control token, as in
+        llama.cpp with special-token parsing on; otherwise it stays plain text."""
         backend = self.engine.backend
         if not prompt:
             return [backend.bos_id] if backend.bos_id is not None else []
-        return backend.tokenize(prompt, add_bos=True, special=False)
+        tokens = backend.tokenize(prompt, add_bos=True, special=special)
+        if special and len(tokens) > 1 and tokens[0] == tokens[1] == backend.bos_id and backend.add_bos:
+            del tokens[0]  # the prompt spells out BOS itself: one is enough
+        return tokens
 
     def request(
         self,
@@ -106,8 +112,8 @@ class LoadedModel:
         return handle
 
     def complete(self, prompt: str, sampling: SamplingParams = SamplingParams(),
-                 max_tokens: int | None = None, stop: Sequence[str] = ()) -> RequestHandle:
-        return self.engine.submit(self.request(self.text_tokens(prompt), sampling, max_tokens, stop))
+                 max_tokens: int | None = None, stop: Sequence[str] = (), special: bool = False) -> RequestHandle:
+        return self.engine.submit(self.request(self.text_tokens(prompt, special), sampling, max_tokens, stop))
 
     def close(self) -> None:
         self.engine.close()

@@ -37,6 +37,12 @@ def stories_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1: a real chat model (ChatML template, GPT-2-style BPE)."""
+    return require_model("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
 def stories_backend(stories_path):
     from localllm.backend.select import load_backend
     from localllm.config import Settings

@@ -32,7 +32,7 @@ def configure(sub) -> None:
     run.add_argument("--stats", choices=("json",), help="print one JSON object of timings as the last line of stderr")
     chat = run.add_argument_group("conversation")
     chat.add_argument("--system", metavar="TEXT", help="system prompt (chat models)")
-    chat.add_argument("--raw", action="store_true", help="no chat template: the model continues the prompt as written")
+    chat.add_argument("--raw", action="store_true", help="no chat template: the model continues the prompt as written, special tokens such as <|im_start|> included")
     chat.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's own")
     chat.add_argument("--overflow", choices=("refuse", "drop-oldest"), help="when a chat outgrows the context: refuse (default) or drop the oldest turns")
     chat.add_argument("--no-cache", dest="prefix_cache", action="store_false", default=None, help="do not reuse or snapshot the KV cache")
@@ -99,7 +99,7 @@ def run_command(args) -> int:
             handle = model.chat(_opening(args) + [Message("user", prompt)], sampling, args.max_tokens, args.stop)
         else:
             text = f"{args.system}\n\n{prompt}" if args.system else prompt
-            handle = model.complete(text, sampling, args.max_tokens, args.stop)
+            handle = model.complete(text, sampling, args.max_tokens, args.stop, special=args.raw)
         _report(_stream(handle), args, model)
     finally:
         model.close()
@@ -163,7 +163,7 @@ def _repl(model, args, sampling, chat: bool) -> int:
             if chat:
                 handle = model.chat(messages + [Message("user", line)], sampling, args.max_tokens, args.stop)
             else:
-                handle = model.complete(transcript + line, sampling, args.max_tokens, args.stop)
+                handle = model.complete(transcript + line, sampling, args.max_tokens, args.stop, special=args.raw)
             if getattr(handle, "dropped_messages", 0):
                 print(f"(the conversation outgrew the context: {handle.dropped_messages} oldest messages left out)", file=sys.stderr)
             stats = _stream(handle, reply)

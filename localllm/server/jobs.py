@@ -21,11 +21,14 @@ class ChatPrompt:
 @dataclass(frozen=True)
 class TextPrompt:
     """Text continued as written (`templated=False`), or sent as one user turn through the
-    model's chat template when it has one (Ollama's /api/generate without `raw`)."""
+    model's chat template when it has one (Ollama's /api/generate without `raw`).
+    `special`: the client formatted the prompt itself (raw mode), so text such as
+    "<|im_start|>" means the control token; a user turn never gets that."""
 
     text: str
     system: str | None = None
     templated: bool = False
+    special: bool = False
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,9 @@ async def generate(request: Request):
     if suffix is not None:
         native = InfillPrompt(prompt, suffix)
     else:
-        native = TextPrompt(prompt, system=None if raw else system, templated=not raw)
+        # raw: the client formatted the prompt (its own template, FIM markers): special
+        # tokens parse, as in Ollama. Otherwise the prompt is a user turn: plain text.
+        native = TextPrompt(prompt, system=None if raw else system, templated=not raw, special=raw)
     job = _common(f, "ollama_generate", native)
     return GenerationResponse(request.app.state.server.service, job, GenerateRenderer(job.model),
                               stream=f.flag("stream", True), t_arrival=t0, path=request.url.path)

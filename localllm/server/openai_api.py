@@ -151,7 +151,8 @@ def parse_completion(body: dict) -> tuple[GenerationJob, bool, bool, bool]:
     suffix = f.text("suffix")
     echo = f.flag("echo", False)
     if isinstance(prompt, str):
-        native = InfillPrompt(prompt, suffix) if suffix is not None else TextPrompt(prompt)
+        # The legacy completions API sends a prompt the client formatted: special tokens parse.
+        native = InfillPrompt(prompt, suffix) if suffix is not None else TextPrompt(prompt, special=True)
     elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         if suffix is not None:
             raise BadRequest("'suffix' needs a text 'prompt', not token ids", param="suffix")

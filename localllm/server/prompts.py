@@ -39,7 +39,7 @@ def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], int]:
             messages = ([Message("system", prompt.system)] if prompt.system else []) + [Message("user", prompt.text)]
             return model.chat_tokens(messages), 0
         text = f"{prompt.system}\n\n{prompt.text}" if prompt.system else prompt.text
-        return model.text_tokens(text), 0
+        return model.text_tokens(text, special=prompt.special), 0
     if isinstance(prompt, TokenPrompt):
         vocab = model.vocab_size
         bad = [t for t in prompt.tokens if not 0 <= t < vocab]
