@@ -28,7 +28,7 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by every command that loads a model."""
     g = p.add_argument_group("runtime")
     g.add_argument("--backend", choices=("auto", "llamacpp", "mlx"), help="compute backend (default: auto)")
-    g.add_argument("--ctx-size", type=int, metavar="N", help="context window in tokens (default: 4096, at most the model's)")
+    g.add_argument("--ctx-size", type=int, metavar="N", help="context window in tokens (default: 4096, at most the model's training context; a larger N is honoured with a warning)")
     g.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
     g.add_argument("--kv-type", choices=("f16", "q8_0"), help="KV cache precision (default: f16)")
     g.add_argument("--force", action="store_true", default=None, help="load even when the memory check says the model will not fit")

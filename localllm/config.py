@@ -92,6 +92,10 @@ class Settings:
     backend: str = "auto"
     threads: int = 0  # 0: physical cores
     ctx_size: int = 4096
+    # Whether ctx_size was asked for (config, environment, flag, a chat's settings, a
+    # request) rather than left at the default: only an asked size goes past the
+    # model's training context (with a warning); the default stops there.
+    ctx_size_asked: bool = False
     kv_type: str = "f16"
     prefix_cache: bool = True  # reuse KV across turns and requests (localllm.kvcache)
     snapshot_cap_mb: int = 2048  # disk for KV snapshots; 0 turns snapshots off
@@ -149,7 +153,7 @@ def load_settings(**flags) -> Settings:
     layers.append({k: v for k, v in flags.items() if v is not None})
     for layer in layers:
         for key, value in layer.items():
-            if key not in types:
+            if key not in types or key == "ctx_size_asked":
                 raise UserError(f"unknown setting {key!r} (in {path}): known settings are {', '.join(types)}")
             try:
                 if types[key] in ("int", int):
@@ -161,4 +165,6 @@ def load_settings(**flags) -> Settings:
             except ValueError:
                 raise UserError(f"setting {key} = {value!r} is not a valid number") from None
             settings = replace(settings, **{key: value})
+    if any("ctx_size" in layer for layer in layers):
+        settings = replace(settings, ctx_size_asked=True)
     return settings.validate()

@@ -99,7 +99,7 @@ def _shape(info: ModelInfo) -> _Shape:
 def estimate_memory(info: ModelInfo, ctx_size: int, kv_type: str, kv_contexts: int = 2,
                     available: tuple[int | None, str] = (None, "unknown")) -> MemoryEstimate:
     shape = _shape(info)
-    ctx = min(ctx_size, info.context_length) if info.context_length else ctx_size
+    ctx = ctx_size  # honoured beyond the training context, as the backend loads it
     cells = ctx * max(1, kv_contexts)
     weights = int(info.metadata.get("_weights_bytes") or 0) or (Path(info.path).stat().st_size if Path(info.path).exists() else 0)
     kv = int(shape.n_layer * shape.n_head_kv * shape.kv_width * cells * KV_BYTES_PER_VALUE[kv_type])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import platform
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from localllm.formats.gguf import inspect_gguf
 from localllm.backend.protocol import Backend
@@ -34,6 +35,14 @@ def supported_gguf_architectures() -> frozenset[str]:
     from gguf.constants import MODEL_ARCH_NAMES
 
     return frozenset(MODEL_ARCH_NAMES.values())
+
+
+def warn_beyond_training(ctx_size: int, info) -> None:
+    """A context longer than the model was trained on is honoured, as llama.cpp and
+    Ollama do, with one line saying the text may degrade past that point."""
+    if info.context_length and ctx_size > info.context_length:
+        print(f"localllm: warning: a context of {ctx_size} tokens is beyond the {info.context_length} "
+              f"{Path(info.path).name} was trained on: text past that point may degrade", file=sys.stderr)
 
 
 # KV buffer of the llama.cpp backend, in full contexts: only the working cache lives
@@ -63,8 +72,11 @@ def load_backend(model_path: str, settings: Settings, force: bool = False) -> Ba
         raise BackendUnavailableError(
             f"the llama.cpp backend cannot be imported ({e}): reinstall with `pip install llama-cpp-python`"
         ) from None
-    # A context beyond what the model was trained on gives garbage; cap it there.
-    ctx_size = min(settings.ctx_size, info.context_length) if info.context_length else settings.ctx_size
+    ctx_size = settings.ctx_size
+    if settings.ctx_size_asked:
+        warn_beyond_training(ctx_size, info)
+    elif info.context_length:  # the default never goes past what the model was trained on
+        ctx_size = min(ctx_size, info.context_length)
     from localllm.backend.preflight import check_memory
 
     check_memory(info, replace(settings, ctx_size=ctx_size), force=force, kv_contexts=KV_POOL)

@@ -11,6 +11,8 @@ import json
 import sys
 import time
 
+from localllm.errors import UserError
+
 
 def configure(sub) -> None:
     pull = sub.add_parser("pull", help="download a model", description=(
@@ -28,8 +30,8 @@ def configure(sub) -> None:
     _debug_flag(ls)
     ls.set_defaults(handler=list_command)
 
-    show = sub.add_parser("show", help="describe a pulled model", description="Show what a pulled model is: architecture, size, quant, context, licence, path.")
-    show.add_argument("model", metavar="NAME")
+    show = sub.add_parser("show", help="describe a model", description="Show what a pulled model or a GGUF file is: architecture, size, quant, context, licence, path.")
+    show.add_argument("model", metavar="NAME", help="a pulled model's name, or the path of a GGUF file")
     show.add_argument("--template", action="store_true", help="print only the chat template")
     show.add_argument("--json", action="store_true", help="one JSON object")
     _debug_flag(show)
@@ -124,18 +126,17 @@ class LineDisplay:
 
 
 class BarDisplay:
-    """A rich progress bar per file: bytes, rate and time left."""
+    """A rich progress bar per file: bytes, rate and time left, all in binary units
+    (MiB and MiB/s, as `list` and `show` print sizes)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, console=None):
         from rich.console import Console
-        from rich.progress import (
-            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.name = name
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), _binary_speed_column(),
+            TimeRemainingColumn(), console=console or Console(stderr=True), transient=False,
         )
         self.tasks: dict[str, int] = {}
         self.last_status = None
@@ -156,6 +157,20 @@ class BarDisplay:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def _binary_speed_column():
+    """rich's TransferSpeedColumn speaks MB/s next to DownloadColumn's MiB; this one
+    says MiB/s."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class BinarySpeedColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{_size(int(speed))}/s", style="progress.data.speed")
+
+    return BinarySpeedColumn()
 
 
 def list_command(args) -> int:
@@ -197,8 +212,8 @@ def show_command(args) -> int:
     d = show_model(args.model, _settings())
     if args.template:
         if d.chat_template is None:
-            print(f"{d.name} has no chat template", file=sys.stderr)
-            return 1
+            raise UserError(f"{d.name} has no chat template: it continues prompts as written "
+                            "(give one with `run --chat-template FILE`)")
         print(d.chat_template)
         return 0
     if args.json:
@@ -210,8 +225,8 @@ def show_command(args) -> int:
         ("context length", str(d.context_length) if d.context_length else "unknown"),
         ("chat template", "yes" if d.has_chat_template else "no (plain completion prompts)"),
         ("licence", d.license or "unknown"), ("format", d.format), ("size", _size(d.size_bytes)),
-        ("path", str(d.path)), ("digest", f"sha256:{d.digest}"),
-    ]
+        ("path", str(d.path)),
+    ] + ([("digest", f"sha256:{d.digest}")] if d.digest else [])
     for key, value in rows:
         print(f"  {key:<15} {value}")
     return 0
@@ -239,9 +254,14 @@ def rm_command(args) -> int:
 
 
 def import_command(args) -> int:
-    from localllm.registry import import_model
+    from localllm.registry import import_model, stored_digest
 
-    entry = import_model(args.path, args.name, _settings())
+    settings = _settings()
+    before = stored_digest(args.name, settings)
+    entry = import_model(args.path, args.name, settings)
     quant = f", {entry.quant}" if entry.quant else ""
     print(f"imported {args.path} as {entry.name} ({_size(entry.size_bytes)}{quant}): `localllm run {entry.name}`")
+    if before is not None and before != entry.digest:
+        print(f"{entry.name} named another model before (sha256:{before[:12]}); that name now means this file",
+              file=sys.stderr)
     return 0

@@ -41,6 +41,12 @@ def configure(sub) -> None:
     run.set_defaults(handler=run_command)
 
 
+def check_max_tokens(n: int | None) -> None:
+    """-1 is no limit, as in llama.cpp; 0 would be an empty reply nobody asks for."""
+    if n is not None and (n == 0 or n < -1):
+        raise UserError(f"--max-tokens must be a positive number of tokens, or -1 for no limit (got {n})")
+
+
 def sampling_from_args(args) -> SamplingParams:
     for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
         if getattr(args, name) < 0:
@@ -79,9 +85,15 @@ def run_command(args) -> int:
         from localllm.tokenizer.chat import load_template_file
 
         template = load_template_file(args.chat_template)
+    check_max_tokens(args.max_tokens)
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
+        if not prompt.strip():
+            raise UserError("the prompt is empty: stdin gave no text; pipe some in, give it as an argument, "
+                            "or run `localllm run MODEL` on a terminal for a conversation")
+    elif prompt is not None and not prompt.strip():
+        raise UserError("the prompt is empty: give some text for the model to answer or continue")
     model = load_model(args.model, settings, chat_template=template, force=bool(args.force))
     try:
         if settings.verbose:

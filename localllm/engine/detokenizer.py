@@ -2,7 +2,9 @@
 
 A character can be split over several tokens (multi-byte characters, byte-fallback
 tokens such as <0xE4>); the incremental decoder holds the incomplete bytes back until the
-character is whole, so a stream never shows a broken character.
+character is whole, so a stream never shows a broken character. A reply that ends inside
+a character (cut by a token limit, a stop or a cancel) drops those bytes rather than
+ending in U+FFFD, as llama.cpp's server does.
 """
 
 from __future__ import annotations
@@ -27,5 +29,7 @@ class StreamingDetokenizer:
         return self._decoder.decode(piece)
 
     def flush(self) -> str:
-        """End of stream: whatever incomplete bytes remain, as replacement characters."""
-        return self._decoder.decode(b"", final=True)
+        """End of stream: the bytes of a character still incomplete are dropped (they
+        would only show as U+FFFD); invalid bytes were already replaced as they came."""
+        self._decoder.reset()
+        return ""

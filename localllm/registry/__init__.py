@@ -22,7 +22,9 @@ from localllm.registry.errors import (
     DigestMismatchError, HubAccessError, HubUnavailableError, InsufficientDiskError, InvalidModelNameError,
     ModelNotFoundError, PullCancelled,
 )
-from localllm.registry.inventory import delete_model, import_model, list_models, remove_model, show_model
+from localllm.registry.inventory import (
+    delete_model, import_model, list_models, remove_model, show_model, stored_digest,
+)
 from localllm.registry.lookup import resolve_model_path
 
 
@@ -43,4 +45,5 @@ __all__ = [
     "DigestMismatchError", "HubAccessError", "HubUnavailableError", "InsufficientDiskError", "InvalidModelNameError",
     "ModelDetails", "ModelEntry", "ModelNotFoundError", "PullCancelled", "PullProgress",
     "delete_model", "import_model", "list_models", "pull_model", "remove_model", "resolve_model_path", "show_model",
+    "stored_digest",
 ]

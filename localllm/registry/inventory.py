@@ -16,7 +16,7 @@ from localllm.registry.entries import ModelDetails, ModelEntry
 from localllm.registry.errors import InvalidModelNameError
 from localllm.registry.lookup import find_manifests, pick_format, preferred_format
 from localllm.registry.manifest import Manifest, ManifestFile
-from localllm.registry.names import parse_model_name
+from localllm.registry.names import looks_like_path, parse_model_name
 from localllm.registry.store import ContentStore
 
 
@@ -38,6 +38,17 @@ def entry_for(store: ContentStore, manifest: Manifest) -> ModelEntry:
     )
 
 
+def stored_digest(name: str, settings) -> str | None:
+    """The digest `name` (tag `latest` when none is given) stands for in the store, or
+    None when nothing is stored under it: lets a command say what it replaces."""
+    model_name = parse_model_name(name)
+    if model_name.tag is None:
+        model_name = model_name.with_tag("latest")
+    store = ContentStore(settings.models_dir)
+    manifest = store.read_manifest(model_name, "gguf", damaged_ok=True)
+    return entry_for(store, manifest).digest if manifest is not None else None
+
+
 def list_models(settings) -> list[ModelEntry]:
     """Every pulled or imported model, newest first."""
     store = ContentStore(settings.models_dir)
@@ -46,6 +57,9 @@ def list_models(settings) -> list[ModelEntry]:
 
 
 def show_model(name: str, settings) -> ModelDetails:
+    """A pulled or imported model by name, or a GGUF file by its path."""
+    if looks_like_path(name):
+        return _show_file(Path(name).expanduser())
     store = ContentStore(settings.models_dir)
     manifest = pick_format(find_manifests(store, name), preferred_format(settings), loadable=False)
     missing = store.missing_blobs(manifest)
@@ -66,6 +80,21 @@ def show_model(name: str, settings) -> ModelDetails:
         has_chat_template=bool(facts.chat_template),
         license=facts.license or manifest.license,
         chat_template=facts.chat_template,
+    )
+
+
+def _show_file(path: Path) -> ModelDetails:
+    """What a GGUF file given by path says about itself (its digest is not computed:
+    hashing gigabytes to describe a file is not worth the wait)."""
+    from localllm.formats.gguf import inspect_gguf
+
+    info = inspect_gguf(path)  # a missing, foreign or truncated file: the reason, exit 2
+    facts = gguf_facts([path])
+    return ModelDetails(
+        name=str(path), path=path, size_bytes=path.stat().st_size, quant=_quant_label(path, info), format="gguf",
+        modified=path.stat().st_mtime, digest="", architecture=facts.architecture, parameters=facts.parameters,
+        context_length=facts.context_length, has_chat_template=bool(facts.chat_template),
+        license=facts.license, chat_template=facts.chat_template,
     )
 
 

@@ -89,9 +89,14 @@ def parse_model_name(text: str) -> ModelName:
         raise InvalidModelNameError(f"{text!r}: a model name has at most one ':' (name:tag)")
     segments = base.lower().split("/")
     if len(segments) > 2 or not all(_LOCAL_SEGMENT.match(s) for s in segments) or ".." in base:
+        if looks_like_path(raw):
+            raise InvalidModelNameError(
+                f"{text!r} is a file path, and this command takes a model name: "
+                f"`localllm import {raw} --name NAME` adds the file to the store under a name"
+            )
         raise InvalidModelNameError(
-            f"{text!r} is not a model name or an existing file: names look like `llama3.2:1b`, "
-            "`hf.co/owner/repo:Q4_K_M`, or give the path of a .gguf file"
+            f"{text!r} is neither a model name nor an existing file: names look like `llama3.2:1b` "
+            "or `hf.co/owner/repo:Q4_K_M`"
         )
     if raw.endswith(":"):
         raise InvalidModelNameError(f"{text!r}: the tag after ':' is empty (for example `{base}:latest`)")

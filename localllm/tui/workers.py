@@ -56,7 +56,7 @@ def is_missing(name: str, settings) -> bool:
 
 def load_model_worker(name: str, settings, ctx_size: int, post: Post, loader=default_loader) -> None:
     """Load `name` with a context of `ctx_size` tokens (0: the settings' default)."""
-    effective = replace(settings, ctx_size=ctx_size) if ctx_size > 0 else settings
+    effective = replace(settings, ctx_size=ctx_size, ctx_size_asked=True) if ctx_size > 0 else settings
     try:
         model = loader(name, effective)
     except UserError as e:

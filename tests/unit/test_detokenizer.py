@@ -21,7 +21,13 @@ def test_leading_space_stripped_once():
     assert d.add(1) == " hello"
 
 
-def test_incomplete_tail_becomes_a_replacement_character_only_at_the_end():
+def test_incomplete_tail_is_dropped_at_the_end():
     d = StreamingDetokenizer(piece)
     assert d.add(4) == "" and d.add(5) == ""
-    assert d.flush() == "\ufffd"
+    assert d.flush() == ""
+
+
+def test_invalid_bytes_still_show_as_replacement_characters():
+    d = StreamingDetokenizer(lambda t: b"\xff" if t == 9 else piece(t))
+    assert d.add(9) == "\ufffd"
+    assert d.add(1) == " hello" and d.flush() == ""
