@@ -13,7 +13,9 @@ def configure(sub) -> None:
         description="Chat with a model in a terminal app: conversations are kept, models are a key away "
         "(Ctrl+O), F1 lists every key.",
     )
-    chat.add_argument("model", metavar="MODEL", nargs="?", help="a model name or a GGUF file path (default: the last one used)")
+    chat.add_argument("model", metavar="MODEL", nargs="?", help="a model name or a GGUF file path: a new conversation "
+                      "with it (default: the last conversation, on its model)")
+    chat.add_argument("--resume", action="store_true", help="reopen the last conversation (with MODEL: continue it on MODEL)")
     chat.add_argument("--light", action="store_true", help="start in the light theme (Ctrl+T toggles)")
     chat.add_argument("--overflow", choices=("refuse", "drop-oldest"),
                       help="what a chat too long for the context does, unless the chat's settings say (default: refuse)")
@@ -40,6 +42,7 @@ def chat_command(args) -> int:
     def loader(name, loader_settings):
         return default_loader(name, loader_settings, force=force)
 
-    app = ChatApp(settings, args.model, loader=loader, theme="textual-light" if args.light else None)
+    app = ChatApp(settings, args.model, loader=loader, theme="textual-light" if args.light else None,
+                  resume=args.resume)
     app.run()
     return app.return_code or 0

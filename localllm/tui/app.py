@@ -30,7 +30,8 @@ THEMES = ("textual-dark", "textual-light")
 
 class ChatApp(App):
     """Chat with local models. `model` is a registry name or a GGUF path (or None: the
-    last one used, else the first pulled one, else the picker opens)."""
+    last one used, else the first pulled one, else the picker opens). With a model, a
+    new conversation starts unless `resume` (then the last one reopens, on `model`)."""
 
     CSS_PATH = "chat.tcss"
     TITLE = "localllm chat"
@@ -52,10 +53,12 @@ class ChatApp(App):
         store: ConversationStore | None = None,
         conversation_defaults: ConversationSettings | None = None,
         theme: str | None = None,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.initial_model = model
+        self.resume = resume
         self.loader = loader
         self.list_models = list_models
         self.pull = pull

@@ -122,10 +122,10 @@ def test_switch_conversations_and_find_them_after_a_restart(make_app, isolated_h
     first = run(first_session())
 
     async def second_session():
-        app = make_app()
+        app = make_app(resume=True)
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_loaded(pilot)
-            # The last chat open reopens, and both are in the list.
+            # The last chat open reopens (--resume), and both are in the list.
             assert app.chat.conversation.id == first
             text = screen_text(app)
             assert "Once upon a time" in text and "The cat sat" in text
@@ -340,7 +340,7 @@ def test_a_reopened_chat_reuses_its_kv_snapshot(make_app, isolated_home):
             return stats
 
     async def second():
-        app = make_app(conversation_defaults=short)
+        app = make_app(conversation_defaults=short, resume=True)
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_loaded(pilot)
             assert len(app.chat.chat_view.bubbles()) == 2

@@ -69,6 +69,7 @@ def make(settings_home, model="llama3.2:1b", theme="textual-dark", **kwargs):
     from localllm.tui.app import ChatApp
 
     kwargs.setdefault("list_models", lambda s: MODELS)
+    kwargs.setdefault("resume", True)  # the seeded chat reopens
     return ChatApp(load_settings(), model, loader=stand_in_loader, theme=theme, **kwargs)
 
 

@@ -80,7 +80,9 @@ class ChatScreen(ReplyStreaming, Screen):
 
     async def on_mount(self) -> None:
         self.refresh_list()
-        last = self.store.pref("last_conversation")
+        # `chat MODEL` starts a new conversation, as `ollama run MODEL` does; plain `chat`
+        # and `chat MODEL --resume` reopen the last one.
+        last = self.store.pref("last_conversation") if self.app.resume or not self.app.initial_model else ""
         if last.isdigit() and self.store.get(int(last)) is not None:
             await self.open_conversation(int(last))
         self.prompt.focus()

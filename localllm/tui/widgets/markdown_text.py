@@ -67,6 +67,19 @@ def rich_theme_for(theme) -> tuple[RichTheme, str]:
     return RichTheme(styles, inherit=True), ("monokai" if dark else "friendly")
 
 
+class ChatMarkdown(RichMarkdown):
+    """Markdown as chat apps show it: a single newline breaks the line (a poem, an
+    address, a list of steps without bullets stay as written) instead of joining the
+    lines into one paragraph, as CommonMark would."""
+
+    def __init__(self, markup: str, **kwargs) -> None:
+        super().__init__(markup, **kwargs)
+        for token in self.parsed:
+            for child in token.children or ():
+                if child.type == "softbreak":
+                    child.type = "hardbreak"
+
+
 class MarkdownText(Widget):
     """Markdown text; `update(text)` replaces it, cheaply when it extends the old text."""
 
@@ -118,7 +131,7 @@ class MarkdownText(Widget):
         theme, code_theme = rich_theme_for(self.app.current_theme)
         options = console.options.update(width=width, height=None, highlight=False)
         with console.use_theme(theme):
-            lines = console.render_lines(RichMarkdown(source, code_theme=code_theme), options, pad=True)
+            lines = console.render_lines(ChatMarkdown(source, code_theme=code_theme), options, pad=True)
         return [Strip(Segment.adjust_line_length(line, width), width) for line in lines]
 
     def _all_lines(self, width: int) -> list[Strip]:

@@ -1,0 +1,62 @@
+"""`localllm chat MODEL` starts a new conversation (the old one keeps its model);
+`--resume` reopens the last one; a reply's single newlines stay line breaks."""
+
+from __future__ import annotations
+
+import pytest
+
+from localllm.tui.store import ConversationStore
+
+from .conftest import run, screen_text, send, wait_loaded, wait_reply_done
+
+pytestmark = pytest.mark.timeout(120)
+
+POEM = "Roses are red,\nviolets are blue,\nsugar is sweet."
+
+
+@pytest.fixture
+def old_chat(isolated_home):
+    store = ConversationStore.in_home(isolated_home)
+    conv = store.create("some-other-model:latest")
+    store.add_message(conv.id, "user", "Write a poem")
+    store.add_message(conv.id, "assistant", POEM, model="some-other-model:latest")
+    store.set_pref("last_conversation", str(conv.id))
+    store.close()
+    return conv.id
+
+
+def test_chat_with_a_model_starts_a_new_conversation(make_app, old_chat, isolated_home):
+    app = make_app()
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot)
+            assert app.chat.conversation is None and not app.chat.chat_view.bubbles()
+            await send(pilot, "Once upon a time")
+            await wait_reply_done(pilot)
+            return app.chat.conversation.id
+
+    new_id = run(scenario())
+    assert new_id != old_chat
+    store = ConversationStore.in_home(isolated_home)
+    try:
+        old = store.get(old_chat)
+        assert old.model == "some-other-model:latest"  # not switched to the model given
+        assert [m.role for m in store.messages(old_chat)] == ["user", "assistant"]
+    finally:
+        store.close()
+
+
+def test_resume_reopens_the_last_conversation_and_keeps_line_breaks(make_app, old_chat):
+    app = make_app(resume=True)
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot)
+            assert app.chat.conversation.id == old_chat
+            # Each line of the chat view, without the chat list beside it and the bubble's edge.
+            lines = [line.split("▕")[-1].strip().lstrip("▌").strip() for line in screen_text(app).splitlines()]
+            assert any(line.startswith("Roses are red,") and "violets" not in line for line in lines), lines
+            assert any(line.startswith("violets are blue,") for line in lines), lines
+
+    run(scenario())
