@@ -5,6 +5,14 @@ sequences: each `LlamaCppCache` is one sequence id, so caches can share a prefix
 (`copy_prefix` uses `llama_memory_seq_cp`, which shares cells rather than copying them).
 Weights are memory-mapped. The hot path (`forward` for one token) fills a preallocated
 batch through numpy views and returns a zero-copy view of llama.cpp's logits.
+
+Sliding-window models (Gemma 3 and others): the live cache keeps every position of the
+sliding layers too (`swa_full`), so the working cache can be cut back anywhere. A saved
+state holds only the last window of those layers (llama.cpp writes no more), so a cache
+loaded from one can be cut back only to where that window still covers what the next
+position attends to; `cache_capability` reports it, read from llama.cpp's own count of
+the oldest position held (`llama_memory_seq_pos_min`). Recurrent and hybrid models hold a
+state that cannot be cut back at all.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import llama_cpp
 import numpy as np
 
 from . import llama_log
-from localllm.backend.protocol import MemoryReport
+from localllm.backend.protocol import CacheCapability, MemoryReport, window_min_tokens
 from localllm.types import ModelInfo
 from localllm.errors import ContextOverflowError, ModelFileError
 
@@ -104,6 +112,10 @@ class LlamaCppBackend:
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         cparams.no_perf = True
+        # Sliding-window layers keep all positions, as full-attention layers do (the
+        # memory the preflight counts): a cut-back cache then still holds the window
+        # before the cut. Without it llama.cpp drops keys that left the window.
+        cparams.swa_full = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             llama_cpp.llama_model_free(self._model)
@@ -122,6 +134,9 @@ class LlamaCppBackend:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)) and self.bos_id is not None
         self.eos_ids = frozenset(t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
         self.adds_space_prefix = bool(info.metadata.get("tokenizer.ggml.add_space_prefix", info.metadata.get("tokenizer.ggml.model") == "llama"))
+        # A recurrent state (Mamba, RWKV; hybrids hold one too) cannot be cut back.
+        self._trimmable = not (llama_cpp.llama_model_is_recurrent(self._model) or llama_cpp.llama_model_is_hybrid(self._model))
+        self.sliding_window = max(0, llama_cpp.llama_model_n_swa(self._model))
 
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._b_token = np.ctypeslib.as_array(self._batch.token, shape=(n_batch,))
@@ -179,12 +194,42 @@ class LlamaCppBackend:
         cache.tokens = []
 
     def trim(self, cache: LlamaCppCache, n_tokens: int) -> None:
-        if n_tokens < len(cache.tokens):
-            if not llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, n_tokens, -1):
-                raise RuntimeError("llama.cpp could not trim this cache (recurrent model?)")
-            del cache.tokens[n_tokens:]
+        if n_tokens >= len(cache.tokens):
+            return
+        if not self.cache_capability(cache).allows(n_tokens):
+            raise ValueError(self._refusal(cache, n_tokens))
+        if not llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, n_tokens, -1):
+            raise RuntimeError(f"llama.cpp could not cut a cache back to {n_tokens} tokens")
+        del cache.tokens[n_tokens:]
+
+    def cache_capability(self, cache: LlamaCppCache) -> CacheCapability:
+        n = len(cache.tokens)
+        if not self._trimmable:
+            return CacheCapability(trimmable=False, min_tokens=n, restored_min_tokens=n)
+        if not self.sliding_window or n == 0:
+            return CacheCapability(trimmable=True)
+        w = self.sliding_window
+        # For a sliding-window model llama.cpp answers for its sliding layers (the global
+        # ones hold every position). What it holds is one run of positions up to the end.
+        oldest = llama_cpp.llama_memory_seq_pos_min(self._mem, cache.seq_id)
+        # A saved state holds the sliding layers' last window only: positions n-W .. n-1.
+        return CacheCapability(
+            trimmable=True,
+            min_tokens=min(n, window_min_tokens(oldest, w)),
+            restored_min_tokens=min(n, window_min_tokens(max(oldest, n - w), w)),
+        )
+
+    def _refusal(self, cache: LlamaCppCache, n_tokens: int) -> str:
+        n = len(cache.tokens)
+        if not self._trimmable:
+            return f"a recurrent model's cache cannot be cut back (from {n} to {n_tokens} tokens); start it empty"
+        least = self.cache_capability(cache).min_tokens
+        return (f"this cache's sliding-window layers no longer hold the keys before token {least}: "
+                f"it cannot be cut back from {n} to {n_tokens} tokens (only to {least} or more, or to 0)")
 
     def copy_prefix(self, src: LlamaCppCache, dst: LlamaCppCache, n_tokens: int) -> None:
+        if n_tokens < len(src.tokens) and not self.cache_capability(src).allows(n_tokens):
+            raise ValueError(self._refusal(src, n_tokens))
         self.trim(dst, 0)
         llama_cpp.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, 0, n_tokens)
         dst.tokens = src.tokens[:n_tokens]
@@ -201,6 +246,11 @@ class LlamaCppBackend:
         self.trim(cache, 0)
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(data), cache.seq_id) == 0:
+            llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, -1, -1)
+            return False
+        # The state must end where `tokens` end (a state saved for other tokens would
+        # be computed on wrong keys).
+        if llama_cpp.llama_memory_seq_pos_max(self._mem, cache.seq_id) != len(tokens) - 1:
             llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, -1, -1)
             return False
         cache.tokens = list(tokens)

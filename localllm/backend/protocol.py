@@ -29,6 +29,37 @@ class MemoryReport:
         return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes
 
 
+@dataclass(frozen=True)
+class CacheCapability:
+    """How far one cache can be cut back by `Backend.trim`, as it stands now.
+
+    `trimmable`: whether this kind of cache can ever be cut back to a shorter non-empty
+    prefix (False for recurrent state). `min_tokens`: the fewest tokens, other than 0,
+    that `trim` accepts now: 0 for a full-attention cache; for a cache with
+    sliding-window layers of window W (a position attends to itself and the W-1 before
+    it) whose oldest key still held there is at position m > 0, m + W - 1 (resuming at
+    position n needs the keys of n-W+1 .. n-1); `len(cache.tokens)` when `trimmable` is
+    False. `restored_min_tokens`: the same for a cache that `load_state` fills from
+    `save_state(cache)` now, which may hold less than the live cache (llama.cpp saves only
+    the last window of sliding-window layers). The KV-cache manager reuses a prefix of n
+    tokens only when the cache (or saved state) allows n; below that it prefills.
+    """
+
+    trimmable: bool
+    min_tokens: int = 0
+    restored_min_tokens: int = 0
+
+    def allows(self, n_tokens: int) -> bool:
+        """Whether `trim(cache, n_tokens)` is allowed (0, and n >= min_tokens, always are)."""
+        return n_tokens == 0 or n_tokens >= self.min_tokens
+
+
+def window_min_tokens(oldest_held: int, window: int) -> int:
+    """`CacheCapability.min_tokens` of a sliding-window layer whose oldest key held is at
+    position `oldest_held` (window W: a position attends to itself and the W-1 before)."""
+    return 0 if oldest_held <= 0 else oldest_held + window - 1
+
+
 class Cache(Protocol):
     """Keys and values for `tokens`, in order; owned by the backend that made it."""
 
@@ -66,7 +97,11 @@ class Backend(Protocol):
         The returned array may be a view the next call overwrites: copy to keep it."""
 
     def trim(self, cache: Cache, n_tokens: int) -> None:
-        """Cut `cache` back to its first `n_tokens` tokens."""
+        """Cut `cache` back to its first `n_tokens` tokens; raises ValueError (cache
+        unchanged) when `cache_capability(cache)` does not allow `n_tokens`."""
+
+    def cache_capability(self, cache: Cache) -> CacheCapability:
+        """How far `cache` (and a reload of its saved state) can be trimmed now."""
 
     def copy_prefix(self, src: Cache, dst: Cache, n_tokens: int) -> None:
         """Make `dst` hold the first `n_tokens` of `src` (dst must be empty)."""

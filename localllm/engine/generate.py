@@ -42,6 +42,8 @@ def prefill(backend: Backend, cache: Cache, prompt: list[int]):
     n_cached = common_prefix_length(cache.tokens, prompt)
     if n_cached == len(prompt):  # fully cached: recompute the last position for its logits
         n_cached -= 1
+    if not backend.cache_capability(cache).allows(n_cached):
+        n_cached = 0  # e.g. a sliding window that no longer holds the keys before the cut
     backend.trim(cache, n_cached)
     return backend.forward(prompt[n_cached:], cache), n_cached
 

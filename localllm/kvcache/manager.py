@@ -17,6 +17,12 @@ For a new prompt the manager finds the cache sharing the longest prefix with it:
 Parked caches are evicted least-recently-used under a byte budget. Long caches are
 snapshotted to disk when released and when the manager closes.
 
+Only what a cache holds exactly is reused. A cache with sliding-window layers that no
+longer holds the window before some prefix, a saved state that kept only the last window
+(llama.cpp), or a recurrent state that cannot be cut back at all: the backend says so
+through `cache_capability`, and a source is counted for the longest prefix it allows,
+which may be none (`CacheStats.refused_tokens` counts what was found but not usable).
+
 It works on token ids and the backend protocol only, and runs on the engine thread.
 """
 
@@ -37,6 +43,7 @@ MIN_PARK_TAIL = 32
 class _Parked:
     tokens: list[int]
     state: bytes
+    min_tokens: int  # fewest tokens (other than 0) the reloaded state can be cut back to
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -64,6 +71,9 @@ class CacheStats:
     snapshot_saves: int = 0
     evictions: int = 0
     bytes_held: int = 0
+    # Prompt tokens found in a cache that could not be reused exactly (a sliding window
+    # or a recurrent state that cannot be cut back there), so they were prefilled again.
+    refused_tokens: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -72,6 +82,12 @@ class CacheStats:
     @property
     def token_hit_rate(self) -> float:
         return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+def _exact(n_tokens: int, min_tokens: int) -> int:
+    """The longest prefix of at most `n_tokens` that a cache allowing no cut below
+    `min_tokens` (besides 0) holds exactly."""
+    return n_tokens if n_tokens >= min_tokens else 0
 
 
 class KVCacheManager:
@@ -113,22 +129,26 @@ class KVCacheManager:
             prompt = spliced
         self.stats.prompt_tokens += len(prompt)
         usable = len(prompt) - 1  # the last prompt token is always fed, for its logits
-        here = min(common_prefix_length(cache.tokens, prompt), usable)
+        found_here = min(common_prefix_length(cache.tokens, prompt), usable)
+        here = _exact(found_here, self.backend.cache_capability(cache).min_tokens)
+        longest = found_here  # the longest cached prefix, exact or not
         best_parked, parked_len = None, here
         for p in self.parked:
             n = min(common_prefix_length(p.tokens, prompt), usable)
+            longest = max(longest, n)
+            n = _exact(n, p.min_tokens)
             if n > parked_len:
                 best_parked, parked_len = p, n
 
         if best_parked is None and self.snapshots is not None:
-            found = self.snapshots.find(prompt, min_tokens=here + 1)
+            found = self.snapshots.find(prompt, min_tokens=here + 1, limit=usable)
             if found is not None:
                 self._park_working(keep=here)
-                if self.backend.load_state(cache, *found):
+                if self.backend.load_state(cache, found.tokens, found.state):
                     self.stats.snapshot_loads += 1
-                    self._snapshot_len = len(found[0])
-                    return self._lend(cache, min(common_prefix_length(found[0], prompt), usable), "snapshot", prompt)
-                self.snapshots.discard(found[0])
+                    self._snapshot_len = len(found.tokens)
+                    return self._lend(cache, found.reusable, "snapshot", prompt, longest)
+                self.snapshots.discard(found.tokens)
                 here = 0  # the failed load emptied the working cache
 
         if best_parked is not None:
@@ -137,12 +157,12 @@ class KVCacheManager:
             self._snapshot_len = 0
             if self.backend.load_state(cache, best_parked.tokens, best_parked.state):
                 self.stats.restores += 1
-                return self._lend(cache, parked_len, "parked", prompt)
+                return self._lend(cache, parked_len, "parked", prompt, longest)
             here = 0
 
         self._park_working(keep=here)  # where it diverges, keep the rest for later
         self._snapshot_len = min(self._snapshot_len, here)
-        return self._lend(cache, here, "working" if here else "none", prompt)
+        return self._lend(cache, here, "working" if here else "none", prompt, longest)
 
     def release(self, lease: Lease) -> None:
         """The request is done; its tokens stay in the working cache for the next one."""
@@ -154,12 +174,18 @@ class KVCacheManager:
             self._save_snapshot()
         self._enforce_budget()
 
-    def _lend(self, cache: Cache, reused: int, source: str, prompt: list[int]) -> Lease:
+    def _lend(self, cache: Cache, reused: int, source: str, prompt: list[int], longest: int = 0) -> Lease:
+        # The backend has the last word: a source chosen for `reused` tokens that cannot
+        # be cut back there now (it should not happen) starts empty instead.
+        reused = min(_exact(reused, self.backend.cache_capability(cache).min_tokens), len(cache.tokens))
         self.backend.trim(cache, reused)
-        reused = min(reused, len(cache.tokens))
         if reused:
             self.stats.hits += 1
             self.stats.reused_tokens += reused
+        if reused < longest:
+            self.stats.refused_tokens += longest - reused
+        if not reused and source != "none":
+            source = "none"
         return Lease(cache, reused, source, prompt)
 
     # -- parking ------------------------------------------------------------------------
@@ -169,7 +195,8 @@ class KVCacheManager:
         next request reuses is worth keeping. The caller then trims or reloads it."""
         cache = self.working
         if len(cache.tokens) > keep + MIN_PARK_TAIL:
-            self.parked.append(_Parked(list(cache.tokens), self.backend.save_state(cache)))
+            restored_min = self.backend.cache_capability(cache).restored_min_tokens
+            self.parked.append(_Parked(list(cache.tokens), self.backend.save_state(cache), restored_min))
             self.stats.parks += 1
 
     def _enforce_budget(self) -> None:
@@ -182,7 +209,8 @@ class KVCacheManager:
 
     def _save_snapshot(self) -> None:
         tokens = list(self.working.tokens)
-        self.snapshots.save(tokens, self.backend.save_state(self.working))
+        restored_min = self.backend.cache_capability(self.working).restored_min_tokens
+        self.snapshots.save(tokens, self.backend.save_state(self.working), restored_min)
         self._snapshot_len = len(tokens)
         self.stats.snapshot_saves += 1
 

@@ -6,6 +6,11 @@ prefix with its prompt and loads it instead of prefilling. Files are written to 
 temporary name and renamed, so a crash never leaves half a snapshot; when the folder
 grows past its cap, the least recently used snapshots go first. A snapshot that a newer
 one extends is removed when the newer one is saved.
+
+The header also records the fewest tokens the loaded state can be cut back to
+(`CacheCapability.restored_min_tokens` when it was saved: llama.cpp saves only the last
+window of a sliding-window layer), so a snapshot is chosen only for a prefix it holds
+exactly. A file without that field claims nothing shorter than its whole length.
 """
 
 from __future__ import annotations
@@ -15,11 +20,22 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from localllm.kvcache.prefix import common_prefix_length
 
 MAGIC = b"LLKV1\n"
+
+
+class Snapshot(NamedTuple):
+    tokens: list[int]
+    state: bytes
+    reusable: int  # tokens of the prompt it was found for that it holds exactly
+
+
+class _Entry(NamedTuple):
+    tokens: list[int]
+    min_tokens: int  # fewest tokens (other than 0) the loaded state can be cut back to
 
 
 def snapshot_key(model_path: str | os.PathLike, kv_type: str, backend: str) -> str:
@@ -37,50 +53,59 @@ class SnapshotStore:
         self.folder = Path(folder) / key
         self.cap_bytes = cap_bytes
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._index: dict[Path, list[int]] = {}
+        self._index: dict[Path, _Entry] = {}
         for path in self.folder.glob("*.kvsnap"):
-            tokens = self._read_tokens(path)
-            if tokens is None:
+            entry = self._read_header(path)
+            if entry is None:
                 path.unlink(missing_ok=True)  # unreadable: a foreign or damaged file
             else:
-                self._index[path] = tokens
+                self._index[path] = entry
 
     def _path(self, tokens: Sequence[int]) -> Path:
         digest = hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()[:32]
         return self.folder / f"{digest}.kvsnap"
 
     @staticmethod
-    def _read_tokens(path: Path) -> list[int] | None:
+    def _read_header(path: Path) -> _Entry | None:
         try:
             with open(path, "rb") as f:
                 if f.read(len(MAGIC)) != MAGIC:
                     return None
                 (n,) = struct.unpack("<Q", f.read(8))
-                return json.loads(f.read(n))["tokens"]
-        except (OSError, ValueError, KeyError, struct.error):
+                header = json.loads(f.read(n))
+                tokens = header["tokens"]
+                return _Entry(tokens, int(header.get("min_tokens", len(tokens))))
+        except (OSError, ValueError, KeyError, TypeError, struct.error):
             return None
 
-    def save(self, tokens: Sequence[int], state: bytes) -> Path:
+    def save(self, tokens: Sequence[int], state: bytes, min_tokens: int = 0) -> Path:
+        """Store `state` for `tokens`; a load of it can be cut back to `min_tokens` tokens
+        at the fewest (see `CacheCapability.restored_min_tokens`)."""
         tokens = list(tokens)
         path = self._path(tokens)
-        header = json.dumps({"tokens": tokens}).encode()
+        header = json.dumps({"tokens": tokens, "min_tokens": min_tokens}).encode()
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as f:
             f.write(MAGIC + struct.pack("<Q", len(header)) + header)
             f.write(state)
         os.replace(tmp, path)
-        for other, other_tokens in list(self._index.items()):
-            if other != path and common_prefix_length(other_tokens, tokens) == len(other_tokens):
-                self._drop(other)  # superseded: the new snapshot extends it
-        self._index[path] = tokens
+        for other, entry in list(self._index.items()):
+            # Superseded when the new snapshot extends it and serves every prefix it served.
+            if other != path and common_prefix_length(entry.tokens, tokens) == len(entry.tokens) and min_tokens <= entry.min_tokens:
+                self._drop(other)
+        self._index[path] = _Entry(tokens, min_tokens)
         self._enforce_cap()
         return path
 
-    def find(self, prompt: Sequence[int], min_tokens: int = 1) -> tuple[list[int], bytes] | None:
-        """The snapshot sharing the longest prefix with `prompt` (at least `min_tokens`)."""
+    def find(self, prompt: Sequence[int], min_tokens: int = 1, limit: int | None = None) -> Snapshot | None:
+        """The snapshot holding exactly the longest prefix of `prompt` (at least
+        `min_tokens` tokens, counting no more than `limit`)."""
+        limit = len(prompt) if limit is None else limit
         best, best_len = None, min_tokens - 1
-        for path, tokens in self._index.items():
-            n = common_prefix_length(tokens, prompt)
+        for path, entry in self._index.items():
+            n = min(common_prefix_length(entry.tokens, prompt), limit)
+            if n < entry.min_tokens:
+                continue  # the loaded state cannot be cut back that far
             if n > best_len:
                 best, best_len = path, n
         if best is None:
@@ -95,7 +120,7 @@ class SnapshotStore:
         except OSError:
             self._drop(best)
             return None
-        return self._index[best], state
+        return Snapshot(self._index[best].tokens, state, best_len)
 
     def discard(self, tokens: Sequence[int]) -> None:
         self._drop(self._path(list(tokens)))

@@ -2,6 +2,7 @@
 byte budget, disk snapshots across processes, and the overflow policy."""
 
 import json
+import struct
 
 import pytest
 
@@ -10,6 +11,7 @@ from localllm.config import load_settings
 from localllm.kvcache.prefix import common_prefix_length
 from localllm.errors import ContextOverflowError
 from localllm.kvcache import KVCacheManager, OverflowPolicy, SnapshotStore, fit_messages
+from localllm.kvcache.snapshots import MAGIC
 from localllm.runtime import load_model
 from localllm.types import GenerationRequest, Message, SamplingParams
 
@@ -131,7 +133,7 @@ def test_snapshot_store_cap_and_unreadable_files(tmp_path):
     store = SnapshotStore(tmp_path, "model", cap_bytes=3000)
     store.save([1, 2, 3], b"x" * 1000)
     store.save([1, 2, 3, 4], b"y" * 1000)  # extends the first: replaces it
-    assert store.find([1, 2, 3, 4, 5]) == ([1, 2, 3, 4], b"y" * 1000)
+    assert store.find([1, 2, 3, 4, 5]) == ([1, 2, 3, 4], b"y" * 1000, 4)
     assert len(list((tmp_path / "model").glob("*.kvsnap"))) == 1
     store.save([9, 9], b"z" * 1000)
     store.save([8, 8], b"w" * 1000)
@@ -139,7 +141,29 @@ def test_snapshot_store_cap_and_unreadable_files(tmp_path):
     (tmp_path / "model" / "junk.kvsnap").write_bytes(b"not a snapshot")
     reopened = SnapshotStore(tmp_path, "model", cap_bytes=3000)
     assert not (tmp_path / "model" / "junk.kvsnap").exists()
-    assert reopened.find([8, 8, 1]) == ([8, 8], b"w" * 1000)
+    assert reopened.find([8, 8, 1]) == ([8, 8], b"w" * 1000, 2)
+
+
+def test_a_snapshot_is_found_only_for_a_prefix_it_holds_exactly(tmp_path):
+    """A state that can be cut back no further than 5 of its 6 tokens (a sliding window)
+    serves prompts sharing 5 or 6 of them, not fewer."""
+    store = SnapshotStore(tmp_path, "model")
+    store.save([1, 2, 3, 4, 5, 6], b"s", min_tokens=5)
+    assert store.find([1, 2, 3, 4, 5, 6, 7]).reusable == 6
+    assert store.find([1, 2, 3, 4, 5, 6, 7], limit=5).reusable == 5
+    assert store.find([1, 2, 3, 4, 5, 6], limit=5).reusable == 5
+    assert store.find([1, 2, 3, 4, 9]) is None
+    store.save([1, 2, 3], b"t")  # full attention: any prefix
+    assert store.find([1, 2, 3, 4, 9]).tokens == [1, 2, 3]
+    # A longer snapshot that cannot serve the shorter prefixes does not replace it.
+    store.save([1, 2, 3, 4, 5, 6, 7, 8], b"u", min_tokens=7)
+    assert store.find([1, 2, 9]).tokens == [1, 2, 3]
+    # Files from before the field: only their whole length counts.
+    header = json.dumps({"tokens": [7, 7, 7]}).encode()
+    (tmp_path / "model" / "old.kvsnap").write_bytes(MAGIC + struct.pack("<Q", len(header)) + header + b"v")
+    reopened = SnapshotStore(tmp_path, "model")
+    assert reopened.find([7, 7, 7, 1]).reusable == 3
+    assert reopened.find([7, 7, 1]) is None
 
 
 def test_overflow_refuses_or_drops_oldest_turns_but_keeps_the_system_prompt():
