@@ -1,4 +1,5 @@
-"""A tiny random-weight Gemma 3 GGUF for sliding-window cache tests.
+"""Tiny random-weight models of the cache kinds other than full attention, for the cache
+reuse tests: a Gemma 3 (sliding-window layers) and a Mamba (a recurrent state).
 
 Gemma 3 alternates sliding-window attention layers (five of every six) with global ones.
 With a window of a few tokens, any ordinary prompt runs past it, so a cache that keeps
@@ -88,6 +89,62 @@ def write_gemma3(path: Path, stories: Path, window: int = SLIDING_WINDOW, seed: 
         w.add_tensor(p + "ffn_up.weight", rand(ffn, dim))
         w.add_tensor(p + "ffn_down.weight", rand(dim, ffn))
         w.add_tensor(p + "post_ffw_norm.weight", norm(dim))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, path)
+    return path
+
+
+def write_mamba(path: Path, stories: Path, seed: int = 0) -> Path:
+    """A tiny random Mamba (a recurrent state, no KV cache at all), written like
+    `write_gemma3`: for checking that such a state is never cut back."""
+    import gguf
+
+    tokens, scores, types = _stories_vocab(stories)
+    vocab, dim, inner, state, conv, dt_rank = len(tokens), 64, 128, 8, 4, 4
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".partial")
+    w = gguf.GGUFWriter(str(tmp), "mamba")
+    w.add_name("random-mamba-tiny")
+    w.add_context_length(2048)
+    w.add_embedding_length(dim)
+    w.add_block_count(2)
+    w.add_feed_forward_length(0)
+    w.add_head_count(0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_ssm_conv_kernel(conv)
+    w.add_ssm_inner_size(inner)
+    w.add_ssm_state_size(state)
+    w.add_ssm_time_step_rank(dt_rank)
+    w.add_file_type(0)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+
+    def rand(*dims, scale=1.0):
+        return (rng.standard_normal(dims, dtype=np.float32) * scale / np.sqrt(dims[-1])).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", rand(vocab, dim))
+    w.add_tensor("output_norm.weight", np.ones(dim, dtype=np.float32))
+    w.add_tensor("output.weight", rand(vocab, dim, scale=4.0))
+    for i in range(2):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(dim, dtype=np.float32))
+        w.add_tensor(p + "ssm_in.weight", rand(2 * inner, dim))
+        w.add_tensor(p + "ssm_conv1d.weight", rand(inner, conv))
+        w.add_tensor(p + "ssm_conv1d.bias", np.zeros(inner, dtype=np.float32))
+        w.add_tensor(p + "ssm_x.weight", rand(dt_rank + 2 * state, inner))
+        w.add_tensor(p + "ssm_dt.weight", rand(inner, dt_rank))
+        w.add_tensor(p + "ssm_dt.bias", np.zeros(inner, dtype=np.float32))
+        w.add_tensor(p + "ssm_a", -np.tile(np.arange(1, state + 1, dtype=np.float32), (inner, 1)))
+        w.add_tensor(p + "ssm_d", np.ones(inner, dtype=np.float32))
+        w.add_tensor(p + "ssm_out.weight", rand(dim, inner))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
