@@ -213,3 +213,9 @@ def _report(stats: GenerationStats | None, args, model=None) -> None:
                 f"({cache.token_hit_rate:.0%} of prompt tokens), {cache.bytes_held / 2**20:.1f} MiB held",
                 file=sys.stderr,
             )
+            if cache.refused_tokens:
+                print(
+                    f"KV cache: {cache.refused_tokens} cached prompt tokens were prefilled again: the model's "
+                    "sliding-window or recurrent cache no longer held them exactly",
+                    file=sys.stderr,
+                )

@@ -140,6 +140,8 @@ class KVCacheManager:
             if n > parked_len:
                 best_parked, parked_len = p, n
 
+        if self.snapshots is not None:
+            longest = max(longest, min(self.snapshots.longest_prefix(prompt), usable))
         if best_parked is None and self.snapshots is not None:
             found = self.snapshots.find(prompt, min_tokens=here + 1, limit=usable)
             if found is not None:

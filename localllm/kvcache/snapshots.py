@@ -122,6 +122,10 @@ class SnapshotStore:
             return None
         return Snapshot(self._index[best].tokens, state, best_len)
 
+    def longest_prefix(self, prompt: Sequence[int]) -> int:
+        """The most leading tokens of `prompt` any snapshot holds, exactly or not."""
+        return max((common_prefix_length(e.tokens, prompt) for e in self._index.values()), default=0)
+
     def discard(self, tokens: Sequence[int]) -> None:
         self._drop(self._path(list(tokens)))
 

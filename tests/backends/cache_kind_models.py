@@ -34,6 +34,13 @@ def _stories_vocab(stories: Path):
     return field("tokenizer.ggml.tokens"), field("tokenizer.ggml.scores"), field("tokenizer.ggml.token_type")
 
 
+def _no_eos(output: np.ndarray) -> np.ndarray:
+    """Zero the BOS and EOS rows of the output matrix: their logits stay 0 while the
+    largest of 510 random ones is well above it, so greedy text never ends early."""
+    output[[1, 2]] = 0.0
+    return output
+
+
 def write_gemma3(path: Path, stories: Path, window: int = SLIDING_WINDOW, seed: int = 0) -> Path:
     """Write the model to `path` (atomically) and return it."""
     import gguf
@@ -73,7 +80,7 @@ def write_gemma3(path: Path, stories: Path, window: int = SLIDING_WINDOW, seed: 
     w.add_tensor("token_embd.weight", rand(vocab, dim, scale=1.0))
     w.add_tensor("output_norm.weight", norm(dim))
     # Untied: with tied embeddings a random model mostly predicts the token it just read.
-    w.add_tensor("output.weight", rand(vocab, dim, scale=4.0))
+    w.add_tensor("output.weight", _no_eos(rand(vocab, dim, scale=4.0)))
     for i in range(N_LAYERS):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", norm(dim))
@@ -132,7 +139,7 @@ def write_mamba(path: Path, stories: Path, seed: int = 0) -> Path:
 
     w.add_tensor("token_embd.weight", rand(vocab, dim))
     w.add_tensor("output_norm.weight", np.ones(dim, dtype=np.float32))
-    w.add_tensor("output.weight", rand(vocab, dim, scale=4.0))
+    w.add_tensor("output.weight", _no_eos(rand(vocab, dim, scale=4.0)))
     for i in range(2):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", np.ones(dim, dtype=np.float32))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, require_model
+from conftest import REPO, require_model, run_cli
 from localllm.engine import Engine
 from localllm.kvcache import KVCacheManager, SnapshotStore
 from localllm.types import GenerationRequest, SamplingParams
@@ -205,3 +205,19 @@ def test_reuse_through_the_engine_equals_no_cache(kind, tmp_path):
         assert manager.stats.snapshot_loads == 1
         for tokens in prompts:  # snapshots that cannot be cut back this far are not used
             check(engine, tokens)
+
+
+def test_run_from_a_snapshot_it_cannot_cut_equals_no_cache(model_files, isolated_home):
+    """The issue's `localllm run` case: the second run finds the first run's snapshot
+    (prompt and reply), which a sliding-window model cannot cut back to the prompt: it
+    says so and prefills; the text equals the first run's and --no-cache's."""
+    args = ("run", str(model_files["sliding"]), STORY, "--temperature", "0", "--max-tokens", "300")
+    first = run_cli(*args)
+    second = run_cli(*args, "--verbose")
+    uncached = run_cli(*args, "--no-cache")
+    assert first.returncode == second.returncode == uncached.returncode == 0, second.stderr
+    assert len(first.stdout) > 300
+    assert first.stdout == second.stdout == uncached.stdout
+    assert list((isolated_home / "cache" / "kv-snapshots").rglob("*.kvsnap"))
+    assert "(0 cached)" in second.stderr
+    assert "cached prompt tokens were prefilled again" in second.stderr
