@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, require_model, run_cli
+from conftest import REPO, models_dir, require_model, run_cli
 from localllm.engine import Engine
 from localllm.kvcache import KVCacheManager, SnapshotStore
 from localllm.types import GenerationRequest, SamplingParams
@@ -57,8 +57,8 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("cache-kinds")
     return {
         "full": stories,
-        "sliding": write_gemma3(folder / "gemma3-tiny.gguf", stories),
-        "recurrent": write_mamba(folder / "mamba-tiny.gguf", stories),
+        "sliding": write_gemma3(folder / "gemma3-tiny.gguf", models_dir()),
+        "recurrent": write_mamba(folder / "mamba-tiny.gguf", models_dir()),
     }
 
 
