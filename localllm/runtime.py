@@ -7,8 +7,9 @@ backend library.
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +27,9 @@ class LoadedModel:
     prompter: "object"  # localllm.tokenizer.chat.ChatPrompter
     load_s: float
     overflow: str = "refuse"
+    settings: Settings | None = None  # threads and context size for the embedding context
+    _embeddings: object = field(default=None, repr=False)  # EmbeddingRunner, opened on first use
+    _embeddings_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def info(self) -> ModelInfo:
@@ -115,7 +119,26 @@ class LoadedModel:
                  max_tokens: int | None = None, stop: Sequence[str] = (), special: bool = False) -> RequestHandle:
         return self.engine.submit(self.request(self.text_tokens(prompt, special), sampling, max_tokens, stop))
 
+    def embeddings(self):
+        """The model's `EmbeddingRunner` (`localllm.engine.embeddings`): an embedding
+        context of its own, opened on first use, used from any thread while the engine
+        generates. Raises `EmbeddingsUnsupported` for a model without pooling."""
+        with self._embeddings_lock:
+            if self._embeddings is None:
+                from localllm.backend.embedding import open_embedder
+                from localllm.engine.embeddings import EmbeddingRunner
+
+                settings = self.settings or Settings()
+                embedder = open_embedder(self.engine.backend, self.name, threads=settings.resolved_threads,
+                                         ctx_size=settings.ctx_size)
+                self._embeddings = EmbeddingRunner(embedder)
+            return self._embeddings
+
     def close(self) -> None:
+        with self._embeddings_lock:
+            if self._embeddings is not None:  # its context uses the backend's model: first
+                self._embeddings.close()
+                self._embeddings = None
         self.engine.close()
 
 
@@ -138,7 +161,7 @@ def load_model(name: str, settings: Settings, *, chat_template: str | None = Non
         backend.close()
         raise
     return LoadedModel(name=name, path=path, engine=engine, prompter=prompter,
-                       load_s=time.perf_counter() - t0, overflow=settings.overflow)
+                       load_s=time.perf_counter() - t0, overflow=settings.overflow, settings=settings)
 
 
 def make_cache_manager(backend, model_path: Path, settings: Settings):

@@ -81,3 +81,17 @@ def kquant_model(tmp_path_factory) -> Path:
     from synthetic_model import LLAMA_TINY_KQUANT, cached_model
 
     return cached_model(LLAMA_TINY_KQUANT, "Q4_K_M", folder=tmp_path_factory.mktemp("kquant"))
+
+
+@pytest.fixture(scope="session")
+def embedding_models(stories_path, smollm_path, tmp_path_factory) -> dict[str, Path]:
+    """Embedding models built for the session: stories260K with mean, CLS and last-token
+    pooling, a tiny BERT (CLS), and SmolLM2 with mean pooling (slow enough to overlap
+    a chat stream with embeddings)."""
+    from tests.model_builders import bert_style, with_pooling
+
+    folder = tmp_path_factory.mktemp("embedding-models")
+    models = {f"stories-{p}": with_pooling(stories_path, folder, p) for p in ("mean", "cls", "last")}
+    models["bert-cls"] = bert_style(folder)
+    models["smollm-mean"] = with_pooling(smollm_path, folder, "mean")
+    return models

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from localllm import __version__
 from localllm.errors import UserError
-from localllm.server import ollama_api, ollama_models, openai_api
+from localllm.server import embeddings, ollama_api, ollama_models, openai_api
 from localllm.server.admission import Admission
 from localllm.server.config import ServerConfig
 from localllm.server.errors import APIError, error_response
@@ -160,7 +160,7 @@ def create_app(config: ServerConfig, settings, *, loader: Callable | None = None
         Route("/", root, methods=["GET", "HEAD"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *openai_api.routes, *ollama_api.routes, *ollama_models.routes,
+        *openai_api.routes, *ollama_api.routes, *ollama_models.routes, *embeddings.routes,
     ]
     known = frozenset(r.path for r in routes if "{" not in r.path)
 
