@@ -164,7 +164,9 @@ def test_token_ids_outside_the_vocabulary(http, model_name):
 
 
 def test_unknown_route_and_method(http):
-    assert openai_error(http.get("/v1/embeddings"), 404)["code"] == "not_found"
+    missing = openai_error(http.get("/v1/nothing"), 404)
+    assert missing["code"] == "not_found" and "/v1/nothing" in missing["message"]
+    assert openai_error(http.get("/v1/embeddings"), 405)["code"] == "method_not_allowed"
     assert ollama_error(http.get("/api/nothing"), 404)
     assert ollama_error(http.get("/api/chat"), 405)
 
