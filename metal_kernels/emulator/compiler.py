@@ -22,7 +22,6 @@ from pathlib import Path
 from .errors import CompilerMissing, MetalCompileError
 
 HEADER_DIR = Path(__file__).resolve().parent
-HEADERS = ("metal_emulator.h", "metal_types.h")
 
 BASE_FLAGS = (
     "-std=c++20", "-O1", "-fPIC", "-shared", "-fsigned-char", "-fno-threadsafe-statics",
@@ -77,8 +76,9 @@ def library_key(unit: str, ucontext_fibers: bool) -> str:
     for part in (compiler_identity(), " ".join(flags(ucontext_fibers)), unit):
         digest.update(part.encode())
         digest.update(b"\0")
-    for header in HEADERS:
-        digest.update((HEADER_DIR / header).read_bytes())
+    for header in sorted(HEADER_DIR.glob("*.h")):
+        digest.update(header.name.encode())
+        digest.update(header.read_bytes())
     return digest.hexdigest()[:32]
 
 
