@@ -444,32 +444,24 @@ inline bool isfinite(half x) { return __builtin_isfinite(float(x)); }
 inline bool signbit(float x) { return __builtin_signbit(x); }
 inline float precise_divide(float a, float b) { return a / b; }
 
-namespace precise {
-using metal::cos;
-using metal::exp;
-using metal::exp2;
-using metal::log;
-using metal::log2;
-using metal::pow;
-using metal::rsqrt;
-using metal::sin;
-using metal::sqrt;
-using metal::tanh;
-inline float divide(float a, float b) { return a / b; }
-}  // namespace precise
-namespace fast {
-using metal::cos;
-using metal::exp;
-using metal::exp2;
-using metal::log;
-using metal::log2;
-using metal::pow;
-using metal::rsqrt;
-using metal::sin;
-using metal::sqrt;
-using metal::tanh;
-inline float divide(float a, float b) { return a / b; }
-}  // namespace fast
+// Metal's precise:: and fast:: spellings; here both are the precise functions.
+#define MTL_MATH_NAMESPACE(name)                           \
+  namespace name {                                         \
+  using metal::cos;                                        \
+  using metal::exp;                                        \
+  using metal::exp2;                                       \
+  using metal::log;                                        \
+  using metal::log2;                                       \
+  using metal::pow;                                        \
+  using metal::rsqrt;                                      \
+  using metal::sin;                                        \
+  using metal::sqrt;                                       \
+  using metal::tanh;                                       \
+  inline float divide(float a, float b) { return a / b; } \
+  }
+MTL_MATH_NAMESPACE(precise)
+MTL_MATH_NAMESPACE(fast)
+#undef MTL_MATH_NAMESPACE
 
 // ---------------------------------------------------------------------------------------
 // Atomics, for kernels built with atomic_outputs. The emulator never preempts a thread
