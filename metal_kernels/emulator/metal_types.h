@@ -177,65 +177,56 @@ struct is_vec : std::false_type {};
 template <class T, int N>
 struct is_vec<vec<T, N>> : std::true_type {};
 
-#define MTL_VEC_BINOP(op)                                                          \
-  template <class T, int N>                                                        \
-  inline vec<T, N> operator op(const vec<T, N>& a, const vec<T, N>& b) {           \
-    vec<T, N> r;                                                                   \
-    for (int i = 0; i < N; i++) r.v[i] = T(a.v[i] op b.v[i]);                      \
-    return r;                                                                      \
-  }                                                                                \
-  template <class T, int N, class U>                                               \
-    requires is_scalar_v<U>                                                        \
-  inline vec<T, N> operator op(const vec<T, N>& a, U b) {                          \
-    vec<T, N> r;                                                                   \
-    for (int i = 0; i < N; i++) r.v[i] = T(a.v[i] op T(b));                        \
-    return r;                                                                      \
-  }                                                                                \
-  template <class T, int N, class U>                                               \
-    requires is_scalar_v<U>                                                        \
-  inline vec<T, N> operator op(U a, const vec<T, N>& b) {                          \
-    vec<T, N> r;                                                                   \
-    for (int i = 0; i < N; i++) r.v[i] = T(T(a) op b.v[i]);                        \
-    return r;                                                                      \
-  }                                                                                \
-  template <class T, int N, class U>                                               \
-  inline vec<T, N>& operator op##=(vec<T, N>& a, const U& b) {                     \
-    a = a op b;                                                                    \
-    return a;                                                                      \
-  }
-MTL_VEC_BINOP(+)
-MTL_VEC_BINOP(-)
-MTL_VEC_BINOP(*)
-MTL_VEC_BINOP(/)
-MTL_VEC_BINOP(%)
-MTL_VEC_BINOP(&)
-MTL_VEC_BINOP(|)
-MTL_VEC_BINOP(^)
-MTL_VEC_BINOP(<<)
-MTL_VEC_BINOP(>>)
-#undef MTL_VEC_BINOP
+// Elementwise: R(f(a[i], b[i])) over the lanes of two vectors.
+template <class R, class T, int N, class F>
+inline vec<R, N> zip_with(const vec<T, N>& a, const vec<T, N>& b, F f) {
+  vec<R, N> r;
+  for (int i = 0; i < N; i++) r.v[i] = R(f(a.v[i], b.v[i]));
+  return r;
+}
 
-#define MTL_VEC_CMP(op)                                                        \
-  template <class T, int N>                                                    \
-  inline vec<bool, N> operator op(const vec<T, N>& a, const vec<T, N>& b) {    \
-    vec<bool, N> r;                                                            \
-    for (int i = 0; i < N; i++) r.v[i] = a.v[i] op b.v[i];                     \
-    return r;                                                                  \
-  }                                                                            \
-  template <class T, int N, class U>                                           \
-    requires is_scalar_v<U>                                                    \
-  inline vec<bool, N> operator op(const vec<T, N>& a, U b) {                   \
-    vec<bool, N> r;                                                            \
-    for (int i = 0; i < N; i++) r.v[i] = a.v[i] op T(b);                       \
-    return r;                                                                  \
+// Arithmetic (result: the vector's type) and comparisons (result: a bool vector), between
+// two vectors or a vector and a scalar converted to the element type.
+#define MTL_VEC_OP(op, R)                                                                   \
+  template <class T, int N>                                                                 \
+  inline vec<R, N> operator op(const vec<T, N>& a, const vec<T, N>& b) {                    \
+    return zip_with<R>(a, b, [](T x, T y) { return x op y; });                              \
+  }                                                                                         \
+  template <class T, int N, class U>                                                        \
+    requires is_scalar_v<U>                                                                 \
+  inline vec<R, N> operator op(const vec<T, N>& a, U b) {                                   \
+    return zip_with<R>(a, vec<T, N>(T(b)), [](T x, T y) { return x op y; });                \
+  }                                                                                         \
+  template <class T, int N, class U>                                                        \
+    requires is_scalar_v<U>                                                                 \
+  inline vec<R, N> operator op(U a, const vec<T, N>& b) {                                   \
+    return zip_with<R>(vec<T, N>(T(a)), b, [](T x, T y) { return x op y; });                \
   }
-MTL_VEC_CMP(==)
-MTL_VEC_CMP(!=)
-MTL_VEC_CMP(<)
-MTL_VEC_CMP(>)
-MTL_VEC_CMP(<=)
-MTL_VEC_CMP(>=)
-#undef MTL_VEC_CMP
+#define MTL_VEC_ARITH(op)                                          \
+  MTL_VEC_OP(op, T)                                                \
+  template <class T, int N, class U>                               \
+  inline vec<T, N>& operator op##=(vec<T, N>& a, const U& b) {     \
+    a = a op b;                                                    \
+    return a;                                                      \
+  }
+MTL_VEC_ARITH(+)
+MTL_VEC_ARITH(-)
+MTL_VEC_ARITH(*)
+MTL_VEC_ARITH(/)
+MTL_VEC_ARITH(%)
+MTL_VEC_ARITH(&)
+MTL_VEC_ARITH(|)
+MTL_VEC_ARITH(^)
+MTL_VEC_ARITH(<<)
+MTL_VEC_ARITH(>>)
+MTL_VEC_OP(==, bool)
+MTL_VEC_OP(!=, bool)
+MTL_VEC_OP(<, bool)
+MTL_VEC_OP(>, bool)
+MTL_VEC_OP(<=, bool)
+MTL_VEC_OP(>=, bool)
+#undef MTL_VEC_ARITH
+#undef MTL_VEC_OP
 
 template <class T, int N>
 inline vec<T, N> operator-(const vec<T, N>& a) {
