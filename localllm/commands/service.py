@@ -122,12 +122,17 @@ def install_command(args) -> int:
 
 
 def uninstall_command(args) -> int:
-    from localllm.service import LOG_NAME, MANIFEST_NAME, InstallManifest, log_dir, remove_empty_dirs
+    from localllm.service import (
+        LOG_NAME, MANAGERS, MANIFEST_NAME, InstallManifest, log_dir, remove_empty_dirs, select_manager,
+    )
 
     manager = _manager(args)
     unit, logs = manager.unit_path(), log_dir()
     manifest = InstallManifest(logs / MANIFEST_NAME)
-    if not unit.exists() and not manifest.path.exists():
+    # The log folder and the manifest are shared with the other manager's files, should
+    # --manager have written those too: the last uninstall removes them.
+    others = [name for name in MANAGERS if name != manager.name and select_manager(name).unit_path().exists()]
+    if not unit.exists() and (others or not manifest.path.exists()):
         print("localllm service: not installed; nothing to remove")
         return 0
     if not args.files_only:
@@ -135,6 +140,9 @@ def uninstall_command(args) -> int:
     unit.unlink(missing_ok=True)
     if not args.files_only:
         manager.forget()
+    if others:
+        print(f"localllm service: removed {unit}; the log folder stays for the {others[0]} unit")
+        return 0
     created = manifest.created_dirs()
     for path in (logs / LOG_NAME, manifest.path):
         path.unlink(missing_ok=True)

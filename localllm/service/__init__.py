@@ -25,6 +25,7 @@ from typing import Protocol
 
 from localllm.errors import UserError
 
+MANAGERS = ("launchd", "systemd")
 LABEL = "localllm.serve"  # launchd label; the systemd unit is localllm.service
 LOG_NAME = "serve.log"
 MANIFEST_NAME = "service-install.json"
@@ -113,8 +114,7 @@ def select_manager(name: str | None = None) -> ServiceManager:
         else:
             raise UserError(f"no launchd or systemd on {sys.platform}: run `localllm serve` yourself "
                             f"(or keep it running with your system's own service manager)")
-    managers = {"launchd": LaunchAgent, "systemd": SystemdUserUnit}
-    return managers[name]()
+    return {"launchd": LaunchAgent, "systemd": SystemdUserUnit}[name]()
 
 
 def port_in_args(args: list[str]) -> int | None:

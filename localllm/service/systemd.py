@@ -21,6 +21,7 @@ from localllm.service import ServiceSpec, ServiceState, home, port_in_args
 
 UNIT = "localllm.service"
 RESTART_S = 5
+START_LIMIT_S, START_LIMIT_BURST = 120, 5  # at most 5 starts in 2 minutes
 
 
 def quote(word: str, *, expands_dollar: bool) -> str:
@@ -66,6 +67,10 @@ class SystemdUserUnit:
             "# Written by `localllm service install`; `localllm service uninstall` removes it.\n"
             "[Unit]\n"
             f"Description=localllm: local OpenAI- and Ollama-compatible endpoint on port {spec.port}\n"
+            # A server that cannot start (a busy port, a broken config) stops retrying
+            # after a few tries instead of filling the log; `status` then says "failed".
+            f"StartLimitIntervalSec={START_LIMIT_S}\n"
+            f"StartLimitBurst={START_LIMIT_BURST}\n"
             "\n"
             "[Service]\n"
             "Type=exec\n"

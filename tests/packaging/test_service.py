@@ -24,10 +24,8 @@ from conftest import run_cli
 
 from localllm.commands.service import tail_lines
 from localllm.errors import UserError
-from localllm.service import stable_interpreter
+from localllm.service import MANAGERS, stable_interpreter
 from localllm.service.systemd import quote, unquote_exec
-
-MANAGERS = ("launchd", "systemd")
 UNIT_PATHS = {"launchd": "Library/LaunchAgents/localllm.serve.plist", "systemd": ".config/systemd/user/localllm.service"}
 LOG = ".local/state/localllm/log/serve.log"  # platformdirs' user log folder on Linux
 XDG = ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME")
@@ -156,6 +154,18 @@ def test_install_then_uninstall_leaves_the_home_as_it_was(home, manager, lived_i
     assert r.returncode == 0 and "not installed" in r.stdout
 
 
+def test_both_managers_files_in_one_home_share_the_log_folder_until_the_last_uninstall(home):
+    before = snapshot(home.parent)
+    for manager in MANAGERS:
+        assert service("install", "--files-only", "--manager", manager).returncode == 0
+    (home / LOG).write_text("log\n")
+    r = service("uninstall", "--files-only", "--manager", MANAGERS[0])
+    assert r.returncode == 0 and "stays" in r.stdout and (home / LOG).exists()
+    assert service("uninstall", "--files-only", "--manager", MANAGERS[0]).stdout.startswith("localllm service: not installed")
+    assert service("uninstall", "--files-only", "--manager", MANAGERS[1]).returncode == 0
+    assert snapshot(home.parent) == before
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("manager", MANAGERS)
 def test_the_units_command_serves_and_status_reports_its_port(home, manager):
@@ -217,6 +227,22 @@ def test_logs_prints_the_end_of_the_log(home):
     (home / LOG).write_text("".join(f"line {i}\n" for i in range(1000)))
     r = service("logs", "-n", "3")
     assert r.returncode == 0 and r.stdout == "line 997\nline 998\nline 999\n"
+
+
+@pytest.mark.timeout(120)
+def test_logs_follow_prints_what_is_appended(home):
+    (home / LOG).parent.mkdir(parents=True)
+    (home / LOG).write_text("old line\n")
+    follower = subprocess.Popen([sys.executable, "-m", "localllm", "service", "logs", "-n", "1", "-f"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout.readline() == "old line\n"
+        with (home / LOG).open("a") as log:
+            log.write("new line\n")
+        assert follower.stdout.readline() == "new line\n"  # blocks until it comes (the timeout bounds it)
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 300])
