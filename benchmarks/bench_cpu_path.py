@@ -119,7 +119,7 @@ def worker(side: str, path: str, n_prompt: int, n_new: int, threads: int, n_ctx:
     """One measurement in this process; prints `prefill decode` tokens/s."""
     settings = Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=n_ctx, threads=threads)
     engine = Engine(load_backend(path, settings))
-    prompt = engine.backend.tokenize(PROMPT * 40)[:n_prompt]
+    prompt = engine.backend.vocabulary.encode(PROMPT * 40)[:n_prompt]
     if side == "ours":
         ours_run(engine, prompt, 4)  # warm-up: page in the weights, size the buffers
         result = ours_run(engine, prompt, n_new)

@@ -60,7 +60,7 @@ def worker(path: str, n_new: int, n_ctx: int, threads: int, home: str) -> None:
 
     settings = Settings(home=Path(home), cache_dir=Path(home) / "cache", ctx_size=n_ctx, threads=threads)
     model = load_model(path, settings)
-    sampling = SamplingParams(temperature=0, logit_bias={t: -100.0 for t in model.engine.backend.eos_ids})
+    sampling = SamplingParams(temperature=0, logit_bias={t: -100.0 for t in model.engine.backend.vocabulary.end_of_turn_ids})
 
     def run(n):
         t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def _eos_bias(path: str) -> dict:
     code = ("import sys, json; from localllm.formats.gguf import inspect_gguf;"
             "from localllm.backend.select import load_backend; from localllm.config import Settings;"
             "from pathlib import Path; b = load_backend(sys.argv[1], Settings(home=Path('/nonexistent'),"
-            " cache_dir=Path('/nonexistent'), ctx_size=64)); print(json.dumps(sorted(b.eos_ids)))")
+            " cache_dir=Path('/nonexistent'), ctx_size=64)); print(json.dumps(sorted(b.vocabulary.end_of_turn_ids)))")
     ids = json.loads(subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
                                     check=True).stdout)
     return {str(t): -100 for t in ids}

@@ -1,10 +1,10 @@
 """llama.cpp backend over llama-cpp-python's low-level API.
 
 One `llama_context` per loaded model with a unified KV buffer shared by several
-sequences: each `LlamaCppCache` is one sequence id, so caches can share a prefix
-(`copy_prefix` uses `llama_memory_seq_cp`, which shares cells rather than copying them).
-Weights are memory-mapped. The hot path (`forward` for one token) fills a preallocated
-batch through numpy views and returns a zero-copy view of llama.cpp's logits.
+sequences: each `LlamaCppCache` is one sequence id. Weights are memory-mapped. The hot
+path (`forward` for one token) fills a preallocated batch through numpy views and returns
+a zero-copy view of llama.cpp's logits. The vocabulary is `LlamaCppVocabulary` over the
+same loaded model.
 
 Sliding-window models (Gemma 3 and others): the live cache keeps every position of the
 sliding layers too (`swa_full`), so the working cache can be cut back anywhere. A saved
@@ -24,7 +24,8 @@ import llama_cpp
 import numpy as np
 
 from . import llama_log
-from localllm.backend.protocol import CacheCapability, MemoryReport, window_min_tokens
+from .vocab import LlamaCppVocabulary
+from localllm.backend.protocol import CacheCapability, HostLogits, MemoryReport, window_min_tokens
 from localllm.types import ModelInfo
 from localllm.errors import ContextOverflowError, ModelFileError
 
@@ -128,12 +129,8 @@ class LlamaCppBackend:
         self.kv_cells = llama_cpp.llama_n_ctx(self._ctx)
         self.n_ctx = min(ctx_size, self.kv_cells)
         self.n_batch = n_batch = min(n_batch, llama_cpp.llama_n_batch(self._ctx))
+        self.vocabulary = LlamaCppVocabulary(self._model, info.metadata)
         self.vocab_size = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        bos = llama_cpp.llama_vocab_bos(self._vocab)
-        self.bos_id = bos if bos >= 0 else None
-        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab)) and self.bos_id is not None
-        self.eos_ids = frozenset(t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self._vocab, t))
-        self.adds_space_prefix = bool(info.metadata.get("tokenizer.ggml.add_space_prefix", info.metadata.get("tokenizer.ggml.model") == "llama"))
         # A recurrent state (Mamba, RWKV; hybrids hold one too) cannot be cut back.
         self._trimmable = not (llama_cpp.llama_model_is_recurrent(self._model) or llama_cpp.llama_model_is_hybrid(self._model))
         self.sliding_window = max(0, llama_cpp.llama_model_n_swa(self._model))
@@ -146,39 +143,6 @@ class LlamaCppBackend:
         self._b_nseq[:] = 1
         self._b_seq_written = [-1] * n_batch  # which seq id each slot's seq_id[i][0] holds
         self._free_seqs = list(range(MAX_SEQUENCES - 1, -1, -1))
-        self._pieces: dict[int, bytes] = {}
-        self._piece_buf = ctypes.create_string_buffer(256)
-
-    # -- tokens ------------------------------------------------------------------------
-
-    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos and self.add_bos, special)
-        if n < 0:
-            cap = -n
-            buf = (llama_cpp.llama_token * cap)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos and self.add_bos, special)
-        return list(buf[:n])
-
-    def token_bytes(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
-            piece = self._piece_buf.raw[: max(n, 0)]
-            self._pieces[token] = piece
-        return piece
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
-
-    def is_control(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_control(self._vocab, token))
-
-    def token_text(self, token: int) -> str:
-        """The vocabulary's own text for a token (control tokens included)."""
-        return (llama_cpp.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", errors="replace")
 
     # -- caches ------------------------------------------------------------------------
 
@@ -227,12 +191,8 @@ class LlamaCppBackend:
         return (f"this cache's sliding-window layers no longer hold the keys before token {least}: "
                 f"it cannot be cut back from {n} to {n_tokens} tokens (only to {least} or more, or to 0)")
 
-    def copy_prefix(self, src: LlamaCppCache, dst: LlamaCppCache, n_tokens: int) -> None:
-        if n_tokens < len(src.tokens) and not self.cache_capability(src).allows(n_tokens):
-            raise ValueError(self._refusal(src, n_tokens))
-        self.trim(dst, 0)
-        llama_cpp.llama_memory_seq_cp(self._mem, src.seq_id, dst.seq_id, 0, n_tokens)
-        dst.tokens = src.tokens[:n_tokens]
+    def cache_bytes(self, cache: LlamaCppCache) -> int:
+        return len(cache.tokens) * self.kv_bytes_per_token
 
     def save_state(self, cache: LlamaCppCache) -> bytes:
         """The cache's keys and values as bytes (for disk snapshots)."""
@@ -242,7 +202,7 @@ class LlamaCppBackend:
         return bytes(memoryview(buf)[:n])
 
     def load_state(self, cache: LlamaCppCache, tokens: Sequence[int], data: bytes) -> bool:
-        """Fill an empty cache from `save_state` bytes; False if llama.cpp refuses them."""
+        """Replace the cache's contents with `save_state` bytes; False if llama.cpp refuses them."""
         self.trim(cache, 0)
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(data), cache.seq_id) == 0:
@@ -262,7 +222,7 @@ class LlamaCppBackend:
 
     # -- compute -----------------------------------------------------------------------
 
-    def forward(self, tokens: Sequence[int], cache: LlamaCppCache, all_logits: bool = False) -> np.ndarray:
+    def forward(self, tokens: Sequence[int], cache: LlamaCppCache, all_logits: bool = False) -> HostLogits:
         n_total = len(tokens)
         start = len(cache.tokens)
         if start + n_total > self.n_ctx:
@@ -288,9 +248,9 @@ class LlamaCppBackend:
                 view = np.ctypeslib.as_array(ptr, shape=(n, self.vocab_size))
                 rows.append(view if n_total == n else view.copy())
         if all_logits:
-            return rows[0] if len(rows) == 1 else np.concatenate(rows)
+            return HostLogits(rows[0] if len(rows) == 1 else np.concatenate(rows))
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))
+        return HostLogits(np.ctypeslib.as_array(ptr, shape=(1, self.vocab_size)))
 
     def _fill_batch(self, chunk: Sequence[int], pos0: int, seq_id: int, all_logits: bool, last_chunk: bool) -> None:
         n = len(chunk)
@@ -331,6 +291,7 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         if self._ctx:
+            self.vocabulary.close()
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
             llama_cpp.llama_model_free(self._model)

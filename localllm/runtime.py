@@ -16,6 +16,7 @@ from typing import Sequence
 from localllm.types import ModelInfo
 from localllm.config import Settings
 from localllm.engine import Engine, RequestHandle
+from localllm.tokenizer.protocol import Tokenizer
 from localllm.types import GenerationRequest, Message, SamplingParams
 
 
@@ -48,10 +49,9 @@ class LoadedModel:
         return self.engine.backend.vocab_size
 
     @property
-    def tokenizer(self):
-        """The model's own vocabulary: tokenize/detokenize, token_text, bos_id, eos_ids.
-        Call it from any thread (llama.cpp's vocabulary is read-only)."""
-        return self.engine.backend
+    def tokenizer(self) -> Tokenizer:
+        """The model's own vocabulary (`localllm.tokenizer.Tokenizer`); any thread may use it."""
+        return self.engine.backend.vocabulary
 
     def memory(self):
         """Bytes the loaded model holds (weights, KV cache)."""
@@ -70,11 +70,11 @@ class LoadedModel:
         """A prompt continued as written. `special=True` is for prompts a client
         formatted itself (raw mode): "<|im_start|>" there is the control token, as in
         llama.cpp with special-token parsing on; otherwise it stays plain text."""
-        backend = self.engine.backend
+        vocab = self.tokenizer
         if not prompt:
-            return [backend.bos_id] if backend.bos_id is not None else []
-        tokens = backend.tokenize(prompt, add_bos=True, special=special)
-        if special and len(tokens) > 1 and tokens[0] == tokens[1] == backend.bos_id and backend.add_bos:
+            return [vocab.bos_id] if vocab.bos_id is not None else []
+        tokens = vocab.encode(prompt, add_bos=True, special=special)
+        if special and len(tokens) > 1 and tokens[0] == tokens[1] == vocab.bos_id and vocab.add_bos:
             del tokens[0]  # the prompt spells out BOS itself: one is enough
         return tokens
 
@@ -155,7 +155,7 @@ def load_model(name: str, settings: Settings, *, chat_template: str | None = Non
     backend = load_backend(str(path), settings, force=force)
     try:
         template = chat_template if chat_template is not None else backend.info.chat_template
-        prompter = ChatPrompter(backend, template, model_name=name)
+        prompter = ChatPrompter(backend.vocabulary, template, model_name=name)
         engine = Engine(backend, make_cache_manager(backend, path, settings))
     except BaseException:
         backend.close()

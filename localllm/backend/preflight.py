@@ -1,37 +1,32 @@
 """Load preflight: will this model fit in memory at the asked context and KV type?
 
-    estimate = check_memory(inspect_gguf(path), settings, force=args.force)
+    estimate = check_memory(info, settings, loader.estimate_memory, force=args.force)
 
-The estimate adds up, from the GGUF header alone (nothing is loaded):
-  weights   the tensor bytes (llama.cpp maps them; every page is touched when decoding)
-  KV cache  layers x KV heads x (key + value width) x cells x bytes per value, where the
-            cells are the context times the KV contexts the backend keeps (llama.cpp: 2)
-  compute   llama.cpp's graph buffers for a 512-token batch: attention scores over the
-            whole cache (not with flash attention, which q8_0 KV turns on), the logits
-            of the batch, and the layer activations
-  overhead  the process itself (Python, numpy, the library), a fixed allowance
-and compares the sum with the memory available: Linux `MemAvailable` (lowered to a
-cgroup's limit when one applies, as in containers); macOS free + inactive + purgeable
-pages and, on the MLX backend, the GPU's recommended working set, read without MLX from
-`iogpu.wired_limit_mb` or else Metal's default (3/4 of RAM above 36 GiB, 2/3 below).
-When the sum does not fit it refuses with what to change: a shorter --ctx-size, q8_0
-KV, a smaller quant or model, or --force. When available memory cannot be read, it
-never refuses. Sliding-window layers (Gemma 2) are counted at full context, so the
-estimate errs high for them.
+Each backend's loader estimates what a load needs from the model's header alone (nothing
+is loaded) as a `MemoryEstimate`: weights, KV cache, compute buffers and a fixed
+allowance for the process itself. This module compares the sum with the memory
+available: Linux `MemAvailable` (lowered to a cgroup's limit when one applies, as in
+containers); macOS free + inactive + purgeable pages and, on the MLX backend, the GPU's
+recommended working set, read without MLX from `iogpu.wired_limit_mb` or else Metal's
+default (3/4 of RAM above 36 GiB, 2/3 below). When the sum does not fit it refuses with
+what to change: a shorter --ctx-size, q8_0 KV, a smaller quant or model, or --force
+(the advice comes from asking the backend's estimate again with other settings). When
+available memory cannot be read, it never refuses.
+
+It imports no backend: the estimate is handed in.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from localllm.types import ModelInfo
 from localllm.errors import UserError
 
-KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
-BATCH_TOKENS = 512
 OVERHEAD_BYTES = 200 << 20
 # Bits per weight of common llama.cpp quants, to size a smaller one.
 QUANT_BITS = (("Q6_K", 6.56), ("Q5_K_M", 5.69), ("Q4_K_M", 4.85), ("Q3_K_M", 3.91), ("Q2_K", 3.35))
@@ -44,14 +39,17 @@ class InsufficientMemoryError(UserError):
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """What a load needs (from a backend's loader) and, once checked, what is available."""
+
     weights_bytes: int
     kv_cache_bytes: int
     compute_bytes: int
     overhead_bytes: int
-    available_bytes: int | None  # None: unknown, so never refused
-    available_source: str
     ctx_size: int
     kv_type: str
+    kv_contexts: int = 1  # full contexts of KV the backend reserves
+    available_bytes: int | None = None  # None: unknown, so never refused
+    available_source: str = "unknown"
 
     @property
     def total_bytes(self) -> int:
@@ -62,82 +60,40 @@ class MemoryEstimate:
         return self.available_bytes is None or self.total_bytes <= self.available_bytes
 
 
-@dataclass(frozen=True)
-class _Shape:
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    kv_width: int  # key + value width of one KV head
-    n_embd: int
-    n_ff: int
-    n_vocab: int
-    n_params: int
+# (model header facts, context size, KV type) -> what that load needs
+Estimator = Callable[[ModelInfo, int, str], MemoryEstimate]
 
 
-def _shape(info: ModelInfo) -> _Shape:
-    meta, arch = info.metadata, info.architecture
-
-    def num(key: str, default: int) -> int:
-        value = meta.get(f"{arch}.{key}", default)
-        return int(value) if isinstance(value, (int, float)) and value else default
-
-    n_embd = num("embedding_length", 0)
-    n_head = num("attention.head_count", 1)
-    head_dim = n_embd // n_head if n_head else 0
-    return _Shape(
-        n_layer=num("block_count", 0),
-        n_head=n_head,
-        n_head_kv=num("attention.head_count_kv", n_head),
-        kv_width=num("attention.key_length", head_dim) + num("attention.value_length", head_dim),
-        n_embd=n_embd,
-        n_ff=num("feed_forward_length", 4 * n_embd),
-        n_vocab=info.vocab_size or 32000,
-        n_params=info.n_params,
-    )
-
-
-def estimate_memory(info: ModelInfo, ctx_size: int, kv_type: str, kv_contexts: int = 2,
-                    available: tuple[int | None, str] = (None, "unknown")) -> MemoryEstimate:
-    shape = _shape(info)
-    ctx = ctx_size  # honoured beyond the training context, as the backend loads it
-    cells = ctx * max(1, kv_contexts)
-    weights = int(info.metadata.get("_weights_bytes") or 0) or (Path(info.path).stat().st_size if Path(info.path).exists() else 0)
-    kv = int(shape.n_layer * shape.n_head_kv * shape.kv_width * cells * KV_BYTES_PER_VALUE[kv_type])
-    scores = 0 if kv_type == "q8_0" else shape.n_head * cells  # flash attention never holds them all
-    compute = 4 * BATCH_TOKENS * (scores + shape.n_vocab + 4 * shape.n_embd + 2 * shape.n_ff)
-    return MemoryEstimate(weights, kv, compute, OVERHEAD_BYTES, available[0], available[1], ctx, kv_type)
-
-
-def check_memory(info: ModelInfo, settings, force: bool = False, *, kv_contexts: int = 2,
-                 available_bytes: int | None = None) -> MemoryEstimate:
+def check_memory(info: ModelInfo, settings, estimate: Estimator, force: bool = False, *,
+                 gpu: bool = False, available_bytes: int | None = None) -> MemoryEstimate:
     """Estimate what loading `info` at the settings' context and KV type needs; raise
     InsufficientMemoryError (with what to change) when it does not fit, unless `force`.
+    `gpu`: the backend computes on a unified-memory GPU (its working set counts).
     `available_bytes` replaces the probe (for callers that know better, and tests)."""
-    from localllm.backend.select import resolve_backend_name
-
     if available_bytes is not None:
         available = (available_bytes, "as given")
     else:
-        available = available_memory(gpu=resolve_backend_name(settings.backend) == "mlx")
-    estimate = estimate_memory(info, settings.ctx_size, settings.kv_type, kv_contexts, available)
-    if estimate.fits or force:
-        return estimate
+        available = available_memory(gpu=gpu)
+    need = replace(estimate(info, settings.ctx_size, settings.kv_type),
+                   available_bytes=available[0], available_source=available[1])
+    if need.fits or force:
+        return need
     name = info.name or Path(info.path).name
     raise InsufficientMemoryError(
-        f"{name} needs about {_gib(estimate.total_bytes)} of memory (weights {_gib(estimate.weights_bytes)}, "
-        f"KV cache {_gib(estimate.kv_cache_bytes)} for {estimate.ctx_size} tokens x {kv_contexts} at {estimate.kv_type}, "
-        f"compute {_gib(estimate.compute_bytes)}) but {_gib(estimate.available_bytes)} is available "
-        f"({estimate.available_source}): {_suggest(info, estimate, kv_contexts)}, or pass --force to load anyway"
+        f"{name} needs about {_gib(need.total_bytes)} of memory (weights {_gib(need.weights_bytes)}, "
+        f"KV cache {_gib(need.kv_cache_bytes)} for {need.ctx_size} tokens x {need.kv_contexts} at {need.kv_type}, "
+        f"compute {_gib(need.compute_bytes)}) but {_gib(need.available_bytes)} is available "
+        f"({need.available_source}): {_suggest(info, need, estimate)}, or pass --force to load anyway"
     )
 
 
-def _suggest(info: ModelInfo, est: MemoryEstimate, kv_contexts: int) -> str:
+def _suggest(info: ModelInfo, est: MemoryEstimate, estimate: Estimator) -> str:
     avail = est.available_bytes or 0
     ideas = []
     for kv_type in dict.fromkeys((est.kv_type, "q8_0")):
         ctx = est.ctx_size
         while ctx >= 512:
-            if estimate_memory(info, ctx, kv_type, kv_contexts).total_bytes <= avail:
+            if estimate(info, ctx, kv_type).total_bytes <= avail:
                 break
             ctx //= 2
         if ctx >= 512 and (ctx, kv_type) != (est.ctx_size, est.kv_type):
@@ -145,8 +101,8 @@ def _suggest(info: ModelInfo, est: MemoryEstimate, kv_contexts: int) -> str:
             ideas.append(" ".join(flags))
     if ideas:
         return "use " + " or ".join(dict.fromkeys(ideas))
-    params = _shape(info).n_params
-    short = estimate_memory(info, min(est.ctx_size, 2048), est.kv_type, kv_contexts)
+    params = info.n_params
+    short = estimate(info, min(est.ctx_size, 2048), est.kv_type)
     small = short.total_bytes - short.weights_bytes  # what a smaller quant still needs besides weights
     for quant, bits in QUANT_BITS:
         weights = int(params * bits / 8)

@@ -1,19 +1,67 @@
-"""The backend protocol: what the engine, the KV-cache manager and speculative decoding
-may ask of a loaded model, whatever library computes it.
+"""The backend protocol: what the engine, the KV-cache manager and speculative decoding may
+ask of a loaded model, whatever library computes it. Compute only: the vocabulary is a
+separate object (`Backend.vocabulary`, the tokenizer layer's `Tokenizer` protocol).
 
-A backend works on token ids and numpy logits only. A `Cache` holds the keys and values
-of the tokens fed to it so far (`cache.tokens`); `forward` appends to it, `trim` cuts it
-back. Backends are loaded through `localllm.backend.select.load_backend`.
+A backend folder (`cpu_backend/`, `models/`) provides two things:
+- a `BackendLoader`: one row of the backend table in `localllm.backend.select`. It says
+  whether the backend can run here, reads a model file's header into a `ModelInfo`
+  (refusing files it cannot run with a `ModelFileError`), estimates the memory a load
+  needs (for the preflight) and loads the model. Importing the module that defines the
+  loader must not import the backend's library (MLX, llama_cpp): do that inside `load`.
+- the loaded `Backend` below, with the `Cache` and `Logits` objects it hands out.
+
+Rules every backend keeps (the conformance suite in `tests/backends/` checks them):
+
+Threading. Everything on a `Backend` and its caches and logits is called from one thread
+at a time (the engine thread). `Backend.vocabulary` may be used from any thread.
+
+Caches and positions. A `Cache` holds the keys and values of the tokens fed to it, in
+order: `cache.tokens` (positions 0 .. len-1). Only the backend changes `cache.tokens`:
+`forward` appends the tokens it was fed, `trim` cuts them, `load_state` replaces them.
+Several caches of one backend may be alive at once (at least two: the KV-cache manager
+keeps one working cache; tests and speculative decoding use a second).
+
+Logits. `forward` returns a `Logits` handle; the logits stay where the backend computed
+them (device memory on MLX) until the engine asks: `argmax()` copies one int per row to
+the host, `numpy(row)` copies one row, `numpy()` all rows. The engine asks only for what
+it needs (greedy decoding: `argmax`; sampling: one row; speculative verification: the
+argmax of every row, or a few rows). A handle is valid until the next `forward`, `trim`,
+`load_state` or `close` on the same backend (any cache): copy what must outlive that.
+Rows are float32 of width `Backend.vocab_size` (the model's output width; it may exceed
+the vocabulary's size when the embedding is padded: the engine never samples those ids).
+
+Trimming. `trim(cache, n)` keeps the first n tokens. n >= len(cache.tokens) does nothing;
+n == 0 always works (it empties the cache). Other n work only when
+`cache_capability(cache)` allows them: a full-attention cache can be cut anywhere; a
+cache with sliding-window layers that has already dropped keys can be cut back no
+further than it still holds exactly (`min_tokens`); a recurrent state cannot be cut at
+all (`trimmable=False`). A trim the capability forbids raises `ValueError` and leaves the
+cache unchanged. After any trim, feeding the removed tokens again must give the same
+logits as the first time (up to float rounding): the KV-cache manager and speculative
+decoding rely on it.
+
+State. `save_state` returns opaque bytes that `load_state` of the same backend, model file
+and settings (KV type) accepts into an empty or non-empty cache of that backend (its old
+contents are dropped). The KV-cache manager parks them in host memory and snapshots them
+to disk. `load_state` returns False (leaving the cache empty) for bytes it cannot use,
+or for a state that does not end where `tokens` end. A reloaded state may hold less than
+the live cache did (llama.cpp saves only the last window of sliding-window layers): the
+capability's `restored_min_tokens`, asked before saving, says how far it can be cut.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
-
-from localllm.types import ModelInfo  # noqa: F401  (re-exported: part of the protocol)
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
+
+from localllm.tokenizer.protocol import Tokenizer
+from localllm.types import ModelInfo
+
+if TYPE_CHECKING:
+    from localllm.backend.preflight import MemoryEstimate
+    from localllm.config import Settings
 
 
 @dataclass(frozen=True)
@@ -21,7 +69,7 @@ class MemoryReport:
     """Bytes held by a loaded model, split by what holds them."""
 
     weights_bytes: int
-    kv_cache_bytes: int
+    kv_cache_bytes: int  # reserved for keys and values (all caches), now
     compute_bytes: int = 0
 
     @property
@@ -60,61 +108,112 @@ def window_min_tokens(oldest_held: int, window: int) -> int:
     return 0 if oldest_held <= 0 else oldest_held + window - 1
 
 
+class Logits(Protocol):
+    """The logits of the positions one `forward` call computed, one row per position
+    (all fed positions with `all_logits=True`, else only the last)."""
+
+    n_rows: int
+
+    def numpy(self, row: int | None = None) -> np.ndarray:
+        """Host float32 logits: row `row` (negative counts from the end) as shape
+        [vocab_size], or with `row=None` every row as [n_rows, vocab_size]. May be a view
+        that the next forward/trim/load_state/close overwrites: copy to keep."""
+
+    def argmax(self) -> np.ndarray:
+        """The index of the largest logit of every row, int64 shape [n_rows] (the first
+        one on ties, as `np.argmax`). Device backends compute it on the device."""
+
+
 class Cache(Protocol):
     """Keys and values for `tokens`, in order; owned by the backend that made it."""
 
     @property
-    def tokens(self) -> list[int]: ...
+    def tokens(self) -> list[int]:
+        """The tokens fed so far (read-only for callers)."""
 
     def close(self) -> None:
         """Release the memory this cache holds; the cache is unusable afterwards."""
 
 
 class Backend(Protocol):
-    name: str
+    """A model loaded into one compute library."""
+
+    name: str  # the table's name for it: "llamacpp", "mlx", "numpy"
     info: ModelInfo
-    n_ctx: int
-    vocab_size: int
-    bos_id: int | None
-    eos_ids: frozenset[int]
-    add_bos: bool
-    adds_space_prefix: bool
+    n_ctx: int  # most tokens one cache may hold
+    vocab_size: int  # width of a logits row
+    vocabulary: Tokenizer  # the model's own vocabulary
 
-    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
-        """Text to ids. With `special=False`, text such as "<|eot_id|>" stays plain text."""
+    def new_cache(self) -> Cache:
+        """An empty cache."""
 
-    def token_bytes(self, token: int) -> bytes:
-        """The raw bytes of one token's piece (a byte-fallback token is one byte);
-        control tokens give b""."""
-
-    def detokenize(self, tokens: Sequence[int]) -> str: ...
-
-    def new_cache(self) -> Cache: ...
-
-    def forward(self, tokens: Sequence[int], cache: Cache, all_logits: bool = False) -> np.ndarray:
-        """Feed `tokens` after `cache.tokens`; return the logits of the last position
-        (shape [vocab]) or of every fed position (shape [len(tokens), vocab]).
-        The returned array may be a view the next call overwrites: copy to keep it."""
+    def forward(self, tokens: Sequence[int], cache: Cache, all_logits: bool = False) -> Logits:
+        """Feed `tokens` (at least one) after `cache.tokens` and append them to it; return
+        the logits of the last fed position or, with `all_logits`, of every fed position.
+        Raises `localllm.errors.ContextOverflowError` (cache unchanged) when the cache
+        would hold more than `n_ctx` tokens."""
 
     def trim(self, cache: Cache, n_tokens: int) -> None:
         """Cut `cache` back to its first `n_tokens` tokens; raises ValueError (cache
-        unchanged) when `cache_capability(cache)` does not allow `n_tokens`."""
+        unchanged) when `cache_capability(cache)` does not allow `n_tokens` (see the
+        module docstring)."""
 
     def cache_capability(self, cache: Cache) -> CacheCapability:
         """How far `cache` (and a reload of its saved state) can be trimmed now."""
 
-    def copy_prefix(self, src: Cache, dst: Cache, n_tokens: int) -> None:
-        """Make `dst` hold the first `n_tokens` of `src` (dst must be empty)."""
-
-    def save_state(self, cache: Cache) -> bytes:
-        """The cache's keys and values, for a snapshot on disk."""
-
-    def load_state(self, cache: Cache, tokens: Sequence[int], data: bytes) -> bool:
-        """Fill an empty cache with `tokens` from `save_state` bytes; False if refused."""
+    def cache_bytes(self, cache: Cache) -> int:
+        """Bytes the keys and values of `cache` take now."""
 
     @property
-    def kv_bytes_per_token(self) -> int: ...
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of keys and values one token takes across all layers (an average when
+        layers differ): what the KV-cache manager sizes its budget with."""
 
-    def memory(self) -> MemoryReport: ...
+    def save_state(self, cache: Cache) -> bytes:
+        """The cache's keys and values as opaque bytes (parking, disk snapshots)."""
 
-    def close(self) -> None: ...
+    def load_state(self, cache: Cache, tokens: Sequence[int], data: bytes) -> bool:
+        """Replace the contents of `cache` with `tokens` from `save_state` bytes; False
+        (cache left empty) when the bytes do not fit this backend, model or settings."""
+
+    def memory(self) -> MemoryReport:
+        """Bytes held now by the weights, the KV caches and compute buffers."""
+
+    def close(self) -> None:
+        """Free everything; the backend and its caches are unusable afterwards."""
+
+
+class BackendLoader(Protocol):
+    """One row of the backend table: how to check for, size and load one backend."""
+
+    name: str
+
+    def unavailable_reason(self) -> str | None:
+        """None when this backend can run here; else one line saying why not and what
+        to do (install a package, use another --backend)."""
+
+    def inspect(self, path: str) -> ModelInfo:
+        """Read a model file's (or folder's) header; raise `ModelFileError` with one clear
+        line for anything this backend cannot run."""
+
+    def estimate_memory(self, info: ModelInfo, ctx_size: int, kv_type: str) -> "MemoryEstimate":
+        """Bytes a load at `ctx_size` and `kv_type` would need, from the header alone."""
+
+    def load(self, info: ModelInfo, settings: "Settings") -> Backend:
+        """Load the model (`settings.ctx_size` is already capped at the model's context)."""
+
+
+class HostLogits:
+    """`Logits` over a host numpy array [n_rows, vocab_size] (llama.cpp, numpy backends)."""
+
+    __slots__ = ("_rows", "n_rows")
+
+    def __init__(self, rows: np.ndarray):
+        self._rows = rows
+        self.n_rows = rows.shape[0]
+
+    def numpy(self, row: int | None = None) -> np.ndarray:
+        return self._rows if row is None else self._rows[row]
+
+    def argmax(self) -> np.ndarray:
+        return np.argmax(self._rows, axis=-1)

@@ -1,6 +1,9 @@
-"""Pick and load a backend: `auto` is MLX on Apple Silicon, llama.cpp elsewhere.
+"""The backend table and `load_backend`: pick a backend, check the model file and memory
+through that backend's own loader, then load.
 
-Backend libraries are imported here lazily, only when a model is actually loaded.
+`BACKENDS` has one row per backend folder (a `BackendLoader`); adding a backend adds a
+row here and nothing else. `auto` is MLX on Apple Silicon where its row can run, llama.cpp
+elsewhere. The loaders import their compute library only when a model is loaded.
 """
 
 from __future__ import annotations
@@ -10,10 +13,20 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from localllm.formats.gguf import inspect_gguf
-from localllm.backend.protocol import Backend
+from localllm.backend.preflight import check_memory
+from localllm.backend.protocol import Backend, BackendLoader
 from localllm.config import Settings
-from localllm.errors import BackendUnavailableError, ModelFileError
+from localllm.cpu_backend.loader import LOADER as LLAMACPP_LOADER
+from localllm.errors import BackendUnavailableError
+from localllm.tokenizer.protocol import Tokenizer
+
+BACKENDS: dict[str, BackendLoader] = {loader.name: loader for loader in (LLAMACPP_LOADER,)}
+
+# How a user knows each backend (messages name it this way).
+DISPLAY_NAMES = {"llamacpp": "llama.cpp", "mlx": "MLX"}
+
+# Backends whose weights and KV live in a unified-memory GPU's working set.
+GPU_BACKENDS = frozenset({"mlx"})
 
 
 def is_apple_silicon() -> bool:
@@ -21,20 +34,24 @@ def is_apple_silicon() -> bool:
 
 
 def resolve_backend_name(requested: str) -> str:
+    """The backend `requested` means here ("auto" picks one)."""
     if requested == "auto":
-        return "mlx" if is_apple_silicon() and mlx_backend_available() else "llamacpp"
+        mlx = BACKENDS.get("mlx")
+        return "mlx" if is_apple_silicon() and mlx is not None and mlx.unavailable_reason() is None else "llamacpp"
     return requested
 
 
-def mlx_backend_available() -> bool:
-    """True once the MLX backend exists in this build (it lands with its own issue)."""
-    return False
-
-
-def supported_gguf_architectures() -> frozenset[str]:
-    from gguf.constants import MODEL_ARCH_NAMES
-
-    return frozenset(MODEL_ARCH_NAMES.values())
+def backend_loader(name: str) -> BackendLoader:
+    """The table row for `name`, or a one-line error saying why it cannot run here."""
+    loader = BACKENDS.get(name)
+    if loader is None:
+        raise BackendUnavailableError(
+            f"the {DISPLAY_NAMES.get(name, name)} backend is not available in this version of localllm yet: use --backend llamacpp"
+        )
+    reason = loader.unavailable_reason()
+    if reason is not None:
+        raise BackendUnavailableError(reason)
+    return loader
 
 
 def warn_beyond_training(ctx_size: int, info) -> None:
@@ -45,46 +62,25 @@ def warn_beyond_training(ctx_size: int, info) -> None:
               f"{Path(info.path).name} was trained on: text past that point may degrade", file=sys.stderr)
 
 
-# KV buffer of the llama.cpp backend, in full contexts: only the working cache lives
-# there (the KV-cache manager parks others in host memory).
-KV_POOL = 1
-
-
 def load_backend(model_path: str, settings: Settings, force: bool = False) -> Backend:
-    """Validate the model file, check it fits in memory (unless `force`), then load it
-    into the backend the settings ask for."""
+    """Check the model file, check it fits in memory (unless `force`), then load it into
+    the backend the settings ask for."""
     name = resolve_backend_name(settings.backend)
-    if name == "mlx":
-        raise BackendUnavailableError(
-            "the MLX backend is not available in this version of localllm yet: use --backend llamacpp"
-        )
-    info = inspect_gguf(model_path)
-    if info.n_params == 0:
-        raise ModelFileError(f"{model_path}: holds only a vocabulary, no weights: give the model's full GGUF file")
-    if info.architecture not in supported_gguf_architectures():
-        raise ModelFileError(
-            f"{model_path}: unsupported model architecture {info.architecture!r}: "
-            "llama.cpp cannot run it; pick a model of a supported family (llama, qwen2, gemma2, phi3, ...)"
-        )
-    try:
-        from localllm.cpu_backend.llamacpp import LlamaCppBackend
-    except ImportError as e:
-        raise BackendUnavailableError(
-            f"the llama.cpp backend cannot be imported ({e}): reinstall with `pip install llama-cpp-python`"
-        ) from None
+    loader = backend_loader(name)
+    info = loader.inspect(model_path)
     ctx_size = settings.ctx_size
     if settings.ctx_size_asked:
         warn_beyond_training(ctx_size, info)
     elif info.context_length:  # the default never goes past what the model was trained on
         ctx_size = min(ctx_size, info.context_length)
-    from localllm.backend.preflight import check_memory
+    settings = replace(settings, ctx_size=ctx_size)
+    check_memory(info, settings, loader.estimate_memory, force=force, gpu=name in GPU_BACKENDS)
+    return loader.load(info, settings)
 
-    check_memory(info, replace(settings, ctx_size=ctx_size), force=force, kv_contexts=KV_POOL)
-    return LlamaCppBackend(
-        info,
-        ctx_size=ctx_size,
-        kv_pool=KV_POOL,
-        threads=settings.resolved_threads,
-        kv_type=settings.kv_type,
-        verbose=settings.verbose,
-    )
+
+def load_gguf_vocabulary(path) -> Tokenizer:
+    """The vocabulary of a GGUF file alone (no weights), through llama.cpp's tokenizer:
+    for the tokenizer layer, which imports no backend folder."""
+    from localllm.cpu_backend.vocab import LlamaCppVocabulary
+
+    return LlamaCppVocabulary.from_file(path)

@@ -62,18 +62,19 @@ def generate(
     logits, stats.cached_tokens = prefill(backend, cache, prompt)
     stats.prefill_s = clock() - t_start
 
+    vocab = backend.vocabulary
     sampler = Sampler(request.sampling, backend.vocab_size)
-    strip = request.strip_leading_space and backend.adds_space_prefix and prompt[-1] == backend.bos_id
-    detok = StreamingDetokenizer(backend.token_bytes, strip_leading_space=strip)
+    strip = request.strip_leading_space and vocab.adds_space_prefix and prompt[-1] == vocab.bos_id
+    detok = StreamingDetokenizer(vocab.token_bytes, strip_leading_space=strip)
     stops = StopMatcher(request.stop)
-    eos = frozenset() if request.ignore_eos else backend.eos_ids | request.stop_token_ids
+    eos = frozenset() if request.ignore_eos else vocab.end_of_turn_ids | request.stop_token_ids
     history = prompt
     n_ctx = backend.n_ctx
     finish = None
     t_first = t_last = 0.0
 
     while True:
-        token = sampler.sample(logits, history)
+        token = sampler.sample_row(logits, -1, history)
         t_last = clock()
         if stats.generated_tokens == 0:
             t_first = t_last

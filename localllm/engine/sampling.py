@@ -2,14 +2,15 @@
 
 Order as llama.cpp's default chain: penalties over the recent history, logit bias,
 top-k, then top-p and min-p on the unscaled distribution, then temperature, then a draw
-from a seeded generator (same seed, same tokens). Greedy with nothing to adjust is a bare
-argmax on the backend's logits, with no copy: that is the hot path.
+from a seeded generator (same seed, same tokens). Greedy with nothing to adjust asks the
+backend's logits handle for its argmax (no row is copied to the host): that is the hot path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from localllm.backend.protocol import Logits
 from localllm.types import SamplingParams
 
 
@@ -23,6 +24,13 @@ class Sampler:
             ids = [t for t in params.logit_bias if 0 <= t < vocab_size]
             self._bias_ids = np.array(ids, dtype=np.int64)
             self._bias_vals = np.array([params.logit_bias[t] for t in ids], dtype=np.float32)
+
+    def sample_row(self, logits: Logits, row: int, history: list[int]) -> int:
+        """`sample` for row `row` of a backend's logits handle, copying the row to the
+        host only when something besides a plain argmax needs it."""
+        if self._plain_greedy:
+            return int(logits.argmax()[row])
+        return self.sample(logits.numpy(row), history)
 
     def sample(self, logits: np.ndarray, history: list[int]) -> int:
         """Choose a token given the logits of the next position and all tokens so far."""

@@ -124,7 +124,7 @@ class KVCacheManager:
             self.backend.trim(cache, 0)
             return Lease(cache, 0, "none", prompt)
 
-        spliced = splice_onto_cache(cache.tokens, prompt, self.backend.token_bytes)
+        spliced = splice_onto_cache(cache.tokens, prompt, self.backend.vocabulary.token_bytes)
         if spliced is not None:
             prompt = spliced
         self.stats.prompt_tokens += len(prompt)
@@ -205,7 +205,7 @@ class KVCacheManager:
         while self.parked and sum(len(p.state) for p in self.parked) > self.budget_bytes:
             self.parked.remove(min(self.parked, key=lambda p: p.last_used))
             self.stats.evictions += 1
-        self.stats.bytes_held = sum(len(p.state) for p in self.parked) + len(self.working.tokens) * self.bytes_per_token
+        self.stats.bytes_held = sum(len(p.state) for p in self.parked) + self.backend.cache_bytes(self.working)
 
     # -- snapshots ----------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from localllm.tokenizer.protocol import Tokenizer
+
 _METADATA_KEYS = {
     "pre": ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
     "suf": ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
@@ -46,18 +48,14 @@ def _from_metadata(metadata: dict, vocab_size: int) -> FimTokens | None:
     return FimTokens(**ids)
 
 
-def _from_vocabulary(backend) -> FimTokens | None:
+def _from_vocabulary(vocab: Tokenizer) -> FimTokens | None:
     """Each role's known spellings, tokenized as special text: one token, and a control
-    token where the backend can tell, or it is not a FIM token."""
-    is_control = getattr(backend, "is_control", None)
+    token (or a user-defined one spelling the whole marker), or it is not a FIM token."""
     ids = {}
     for role, texts in _KNOWN_TEXTS.items():
         for text in texts:
-            try:
-                tokens = backend.tokenize(text, add_bos=False, special=True)
-            except Exception:
-                continue
-            if len(tokens) == 1 and (is_control is None or is_control(tokens[0]) or _user_defined(backend, tokens[0], text)):
+            tokens = vocab.encode(text, add_bos=False, special=True)
+            if len(tokens) == 1 and (vocab.is_control(tokens[0]) or _user_defined(vocab, tokens[0], text)):
                 ids[role] = tokens[0]
                 break
         else:
@@ -65,11 +63,10 @@ def _from_vocabulary(backend) -> FimTokens | None:
     return FimTokens(**ids)
 
 
-def _user_defined(backend, token: int, text: str) -> bool:
+def _user_defined(vocab: Tokenizer, token: int, text: str) -> bool:
     # Some GGUFs mark FIM tokens "user defined" rather than control; their own text
     # then spells the whole marker.
-    token_text = getattr(backend, "token_text", None)
-    return token_text is not None and token_text(token) == text
+    return vocab.token_text(token) == text
 
 
 def find_fim_tokens(model) -> FimTokens | None:
@@ -77,8 +74,8 @@ def find_fim_tokens(model) -> FimTokens | None:
     cached = getattr(model, "_server_fim_tokens", False)
     if cached is not False:
         return cached
-    backend = model.tokenizer
-    found = _from_metadata(model.info.metadata, backend.vocab_size) or _from_vocabulary(backend)
+    vocab = model.tokenizer
+    found = _from_metadata(model.info.metadata, vocab.vocab_size) or _from_vocabulary(vocab)
     try:
         model._server_fim_tokens = found
     except AttributeError:
@@ -91,11 +88,11 @@ def infill_tokens(model, prefix: str, suffix: str) -> list[int] | None:
     fim = find_fim_tokens(model)
     if fim is None:
         return None
-    backend = model.tokenizer
-    tokens = [backend.bos_id] if getattr(backend, "add_bos", False) and backend.bos_id is not None else []
+    vocab = model.tokenizer
+    tokens = [vocab.bos_id] if vocab.add_bos and vocab.bos_id is not None else []
     tokens.append(fim.pre)
-    tokens += backend.tokenize(prefix, add_bos=False, special=False) if prefix else []
+    tokens += vocab.encode(prefix, add_bos=False, special=False) if prefix else []
     tokens.append(fim.suf)
-    tokens += backend.tokenize(suffix, add_bos=False, special=False) if suffix else []
+    tokens += vocab.encode(suffix, add_bos=False, special=False) if suffix else []
     tokens.append(fim.mid)
     return tokens

@@ -40,7 +40,6 @@ from functools import cached_property
 from typing import Any, Callable, Sequence
 
 from localllm.errors import UserError
-from localllm.tokenizer.backend_tokenizer import as_tokenizer
 from localllm.tokenizer.protocol import Tokenizer, token_text_or_empty
 from localllm.tokenizer.templates import (
     OVERRIDE_HINT,
@@ -73,14 +72,14 @@ def _placeholder(index: int) -> str:
 class ChatPrompter:
     """Turn a conversation into prompt tokens for one model.
 
-    `tokenizer` is a `localllm.tokenizer.Tokenizer` or a loaded backend (anything with
-    `tokenize(text, add_bos, special)`); `template` is the model's Jinja chat template
+    `tokenizer` is a `localllm.tokenizer.Tokenizer` (a loaded backend's `vocabulary`, or
+    one from `load_tokenizer`); `template` is the model's Jinja chat template
     (None for base models, which continue the text as written).
     """
 
-    def __init__(self, tokenizer, template: str | None, model_name: str = "", *,
+    def __init__(self, tokenizer: Tokenizer, template: str | None, model_name: str = "", *,
                  clock: Callable[[], datetime.datetime] = datetime.datetime.now):
-        self.tokenizer: Tokenizer = as_tokenizer(tokenizer)
+        self.tokenizer: Tokenizer = tokenizer
         self.template = template
         self.model_name = model_name
         self._template = ChatTemplate(template, model_name, clock=clock) if template is not None else None

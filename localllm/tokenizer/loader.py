@@ -1,7 +1,8 @@
 """`load_tokenizer(path)`: pick the `Tokenizer` implementation by what the file is.
 
-- a `.gguf` file: its vocabulary through llama.cpp, loaded vocab-only
-  (`localllm.cpu_backend.vocab`);
+- a `.gguf` file: its vocabulary through llama.cpp, loaded vocab-only (asked of the
+  backend table, `localllm.backend.select.load_gguf_vocabulary`: this layer imports no
+  backend folder);
 - a `tokenizer.json` (or any `.json`): Hugging Face `tokenizers`;
 - a `.model` file: SentencePiece;
 - a folder: its `tokenizer.json`, else its `tokenizer.model`, with the folder's
@@ -28,9 +29,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise ModelFileError(f"{path}: no such file: give a .gguf, tokenizer.json or tokenizer.model file, or a model folder")
     folder = path.parent
     if path.suffix == ".gguf":
-        from localllm.cpu_backend.vocab import GGUFVocabTokenizer
+        from localllm.backend.select import load_gguf_vocabulary
 
-        return GGUFVocabTokenizer(path)
+        return load_gguf_vocabulary(path)
     if path.suffix == ".json":
         return _hf(path, folder)
     if path.suffix == ".model":

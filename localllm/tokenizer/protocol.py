@@ -1,10 +1,11 @@
 """The tokenizer protocol: what chat templates, the engine and the server may ask of a
 model's vocabulary, whichever file it came from.
 
-Implementations: `GGUFVocabTokenizer` (llama.cpp's own tokenizer over a GGUF vocabulary,
-`localllm.cpu_backend.vocab`), `SentencePieceTokenizer` (a `tokenizer.model`),
-`HFTokenizer` (a Hugging Face `tokenizer.json`) and `BackendTokenizer` (a loaded backend
-seen through this protocol). `localllm.tokenizer.load_tokenizer` picks one by file kind.
+Implementations: `LlamaCppVocabulary` (llama.cpp's own tokenizer, over a loaded model or a
+GGUF file read vocab-only: `localllm.cpu_backend.vocab`), `SentencePieceTokenizer` (a
+`tokenizer.model`) and `HFTokenizer` (a Hugging Face `tokenizer.json`). A loaded backend
+hands out its model's vocabulary as `backend.vocabulary`; `localllm.tokenizer.load_tokenizer`
+picks one by file kind.
 
 Two rules every implementation keeps:
 - `encode(text, special=False)` never yields a control token: text a user typed, such as
@@ -47,6 +48,9 @@ class Tokenizer(Protocol):
     end_of_turn_ids: frozenset[int]
     # The chat template that came with the tokenizer files (None when they have none).
     chat_template: str | None
+    # SentencePiece style: the first word of a text gets a space of the tokenizer's own
+    # making, which decoding (and a stream starting right after BOS) leaves out.
+    adds_space_prefix: bool
 
     def encode(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
         """Text to ids. With `special=False`, text such as "<|im_end|>" stays plain text."""

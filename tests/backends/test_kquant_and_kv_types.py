@@ -25,9 +25,9 @@ def test_q8_0_kv_cache_tracks_f16(kquant_model):
     for kv in ("f16", "q8_0"):
         b = load_backend(str(kquant_model), settings(kv_type=kv))
         try:
-            prompt = b.tokenize("The quick brown fox jumps over the lazy dog " * 4)
+            prompt = b.vocabulary.encode("The quick brown fox jumps over the lazy dog " * 4)
             cache = b.new_cache()
-            logits[kv] = b.forward(prompt, cache, all_logits=True).copy()
+            logits[kv] = b.forward(prompt, cache, all_logits=True).numpy().copy()
             cache.close()
             kv_bytes[kv] = b.memory().kv_cache_bytes
         finally:

@@ -21,7 +21,7 @@ def engine(stories_path):
 
 
 def request(engine, prompt="Once upon a time", **kw):
-    tokens = tuple(engine.backend.tokenize(prompt))
+    tokens = tuple(engine.backend.vocabulary.encode(prompt))
     sampling = SamplingParams(**{k: kw.pop(k) for k in list(kw) if k in SamplingParams.__dataclass_fields__})
     return GenerationRequest(tokens, sampling, **({"max_tokens": 60} | kw))
 
@@ -77,7 +77,7 @@ def test_follow_up_reuses_the_cached_prefix(engine):
     first.text()
     second = engine.submit(request(engine, "Once upon a time, there was a cat named Tom", temperature=0, max_tokens=5))
     second.text()
-    n_first = len(engine.backend.tokenize("Once upon a time, there was a cat"))
+    n_first = len(engine.backend.vocabulary.encode("Once upon a time, there was a cat"))
     assert second.stats.cached_tokens >= n_first
 
 

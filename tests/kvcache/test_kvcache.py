@@ -80,9 +80,9 @@ def test_shared_prefix_is_prefilled_once_and_the_other_conversation_parked(stori
     b = stories_backend
     manager = KVCacheManager(b)
     runner = _Runner(b, manager)
-    system = b.tokenize("Once upon a time, in a big forest, there lived a wise old owl who loved to tell stories. " * 3)
-    first = system + b.tokenize("The owl saw a fox that was very hungry and looked for food all day long in the snow. " * 2, add_bos=False)
-    second = system + b.tokenize("A rabbit ran by the river and jumped over a log near the big old tree in the sun. " * 2, add_bos=False)
+    system = b.vocabulary.encode("Once upon a time, in a big forest, there lived a wise old owl who loved to tell stories. " * 3)
+    first = system + b.vocabulary.encode("The owl saw a fox that was very hungry and looked for food all day long in the snow. " * 2, add_bos=False)
+    second = system + b.vocabulary.encode("A rabbit ran by the river and jumped over a log near the big old tree in the sun. " * 2, add_bos=False)
     try:
         assert runner.run(first).cached_tokens == 0
         s2 = runner.run(second)
@@ -105,7 +105,7 @@ def test_eviction_respects_the_byte_budget(stories_backend):
     runner = _Runner(b, manager)
     try:
         for word in ("cat", "dog", "bird", "fish", "frog"):
-            runner.run(b.tokenize(f"The {word} " * 20))
+            runner.run(b.vocabulary.encode(f"The {word} " * 20))
             parked = sum(len(p.state) for p in manager.parked)
             assert parked <= budget
             assert manager.stats.bytes_held == parked + len(manager.working.tokens) * b.kv_bytes_per_token

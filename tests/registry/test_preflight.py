@@ -9,9 +9,8 @@ from dataclasses import replace
 import pytest
 
 from localllm.formats.gguf import inspect_gguf
-from localllm.backend.preflight import (
-    InsufficientMemoryError, available_memory, check_memory, estimate_memory,
-)
+from localllm.backend.preflight import InsufficientMemoryError, available_memory, check_memory as check
+from localllm.cpu_backend.loader import LOADER, estimate_llamacpp_memory
 from localllm.types import ModelInfo
 from localllm.config import Settings
 
@@ -27,6 +26,15 @@ def llama31_8b_q4() -> ModelInfo:
     }
     return ModelInfo(path="/nowhere/llama.gguf", architecture="llama", name="Llama 3.1 8B Instruct",
                      context_length=131072, vocab_size=128256, n_params=8_030_000_000, file_type="Q4_K_M", metadata=meta)
+
+
+def estimate_memory(info, ctx_size, kv_type, kv_contexts=1):
+    return estimate_llamacpp_memory(info, ctx_size, kv_type, kv_contexts)
+
+
+def check_memory(info, settings, **kw):
+    """The preflight with llama.cpp's estimate."""
+    return check(info, settings, LOADER.estimate_memory, **kw)
 
 
 def settings(tmp_path, **kw) -> Settings:
@@ -66,8 +74,8 @@ def test_too_long_a_context_suggests_a_shorter_one_or_q8_kv(tmp_path):
     with pytest.raises(InsufficientMemoryError) as e:
         check_memory(llama31_8b_q4(), settings(tmp_path, ctx_size=32768), available_bytes=6 * GIB)
     message = str(e.value)
-    assert "KV cache 8.0 GiB for 32768 tokens x 2 at f16" in message
-    assert "use --ctx-size 2048 or --ctx-size 4096 --kv-type q8_0, or pass --force" in message
+    assert "KV cache 4.0 GiB for 32768 tokens x 1 at f16" in message  # llama.cpp keeps one context of KV
+    assert "use --ctx-size 4096 or --ctx-size 8192 --kv-type q8_0, or pass --force" in message
     assert check_memory(llama31_8b_q4(), settings(tmp_path, ctx_size=2048), available_bytes=6 * GIB).fits
 
 

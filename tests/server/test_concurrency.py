@@ -69,7 +69,7 @@ def slow(stories_path, tmp_path_factory):
 
 def long_body(model_name, direct_model, stream=True):
     """A generation that never meets EOS: it would run ~4 s on the slow server."""
-    eos = {str(t): -100 for t in direct_model.engine.backend.eos_ids}
+    eos = {str(t): -100 for t in direct_model.engine.backend.vocabulary.end_of_turn_ids}
     return {"model": model_name, "prompt": "Once upon a time", "max_tokens": 900, "temperature": 0,
             "logit_bias": eos, "stream": stream}
 

@@ -15,12 +15,14 @@ from tests.server.conftest import server_settings, start_server
 SPECIAL = {"<|fim_prefix|>": 90, "<|fim_suffix|>": 91, "<|fim_middle|>": 92}
 
 
-class FakeBackend:
+class FakeVocab:
+    """The parts of the `Tokenizer` protocol FIM uses, over a toy vocabulary."""
+
     vocab_size = 100
     bos_id = 1
     add_bos = True
 
-    def tokenize(self, text, add_bos=True, special=False):
+    def encode(self, text, add_bos=True, special=False):
         if special and text in SPECIAL:
             return [SPECIAL[text]]
         return [10 + ord(c) % 50 for c in text]
@@ -28,17 +30,20 @@ class FakeBackend:
     def is_control(self, token):
         return token in SPECIAL.values()
 
+    def token_text(self, token):
+        return next((text for text, t in SPECIAL.items() if t == token), chr(token))
 
-def fake_model(metadata=None, backend=None):
-    return SimpleNamespace(tokenizer=backend or FakeBackend(), info=SimpleNamespace(metadata=metadata or {}))
+
+def fake_model(metadata=None, vocab=None):
+    return SimpleNamespace(tokenizer=vocab or FakeVocab(), info=SimpleNamespace(metadata=metadata or {}))
 
 
 def test_fim_tokens_from_metadata_and_layout():
     model = fake_model({"tokenizer.ggml.fim_pre_token_id": 3, "tokenizer.ggml.fim_suf_token_id": 4,
                         "tokenizer.ggml.fim_mid_token_id": 5})
     assert find_fim_tokens(model) == FimTokens(3, 4, 5)
-    b = model.tokenizer
-    assert infill_tokens(model, "ab", "c") == [1, 3, *b.tokenize("ab"), 4, *b.tokenize("c"), 5]
+    v = model.tokenizer
+    assert infill_tokens(model, "ab", "c") == [1, 3, *v.encode("ab"), 4, *v.encode("c"), 5]
 
 
 def test_fim_tokens_from_older_metadata_keys():
@@ -52,11 +57,11 @@ def test_fim_tokens_from_the_vocabulary():
 
 
 def test_no_fim_tokens():
-    class Plain(FakeBackend):
-        def tokenize(self, text, add_bos=True, special=False):
+    class Plain(FakeVocab):
+        def encode(self, text, add_bos=True, special=False):
             return [10 + ord(c) % 50 for c in text]
 
-    model = fake_model(backend=Plain())
+    model = fake_model(vocab=Plain())
     assert find_fim_tokens(model) is None and infill_tokens(model, "a", "b") is None
 
 
@@ -85,7 +90,7 @@ def fim_server(stories_path, tmp_path_factory):
 def test_suffix_end_to_end(fim_server, model_name, direct_model):
     backend = direct_model.engine.backend
     prefix, suffix = "Once upon a time", "happily ever after."
-    n_expected = 1 + 1 + len(backend.tokenize(prefix, add_bos=False)) + 1 + len(backend.tokenize(suffix, add_bos=False)) + 1
+    n_expected = 1 + 1 + len(backend.vocabulary.encode(prefix, add_bos=False)) + 1 + len(backend.vocabulary.encode(suffix, add_bos=False)) + 1
     r = httpx.post(fim_server.url + "/v1/completions", timeout=60, json={
         "model": model_name, "prompt": prefix, "suffix": suffix, "max_tokens": 8, "temperature": 0})
     assert r.status_code == 200, r.text

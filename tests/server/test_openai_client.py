@@ -78,7 +78,7 @@ def test_seed_makes_sampling_repeatable(client, model_name):
 def test_logit_bias_bans_a_token(client, model_name, direct_model):
     backend = direct_model.engine.backend
     full = direct_chat(direct_model, MESSAGES, 20)
-    first = backend.tokenize(full, add_bos=False)[0]
+    first = backend.vocabulary.encode(full, add_bos=False)[0]
     r = client.chat.completions.create(model=model_name, messages=MESSAGES, temperature=0, max_tokens=20,
                                        logit_bias={str(first): -100})
     assert r.choices[0].message.content != full

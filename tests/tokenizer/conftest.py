@@ -14,9 +14,9 @@ from tests.tokenizer.tokenizer_fixtures import template_text, train_byte_level_b
 
 @pytest.fixture(scope="session")
 def llama_gguf_vocab():
-    from localllm.cpu_backend.vocab import GGUFVocabTokenizer
+    from localllm.cpu_backend.vocab import LlamaCppVocabulary
 
-    tok = GGUFVocabTokenizer(require_model("llama-vocab-spm/ggml-vocab-llama-spm.gguf"))
+    tok = LlamaCppVocabulary.from_file(require_model("llama-vocab-spm/ggml-vocab-llama-spm.gguf"))
     yield tok
     tok.close()
 

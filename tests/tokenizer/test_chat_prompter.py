@@ -177,22 +177,22 @@ def test_roles_must_be_names(chatml):
 
 def test_base_model_fallback_on_the_real_backend(stories_backend):
     """stories260K has no template: BOS, then the contents separated by blank lines."""
-    prompter = ChatPrompter(stories_backend, None, "stories260K")
+    prompter = ChatPrompter(stories_backend.vocabulary, None, "stories260K")
     assert not prompter.has_template
     messages = [Message("system", "Once upon a time"), Message("user", "there was a cat.")]
     assert prompter.render(messages) == "Once upon a time\n\nthere was a cat."
     ids = prompter.encode(messages)
-    assert ids == stories_backend.tokenize("Once upon a time\n\nthere was a cat.", add_bos=True)
-    assert ids[0] == stories_backend.bos_id
+    assert ids == stories_backend.vocabulary.encode("Once upon a time\n\nthere was a cat.", add_bos=True)
+    assert ids[0] == stories_backend.vocabulary.bos_id
     assert prompter.encode(messages, add_generation_prompt=False) == ids
-    assert prompter.stop_token_ids == stories_backend.eos_ids
-    assert prompter.encode([]) == [stories_backend.bos_id]
+    assert prompter.stop_token_ids == stories_backend.vocabulary.end_of_turn_ids
+    assert prompter.encode([]) == [stories_backend.vocabulary.bos_id]
 
 
 def test_backend_and_vocab_tokenizers_agree(stories_backend):
-    from localllm.tokenizer.backend_tokenizer import BackendTokenizer
-
-    via_backend = BackendTokenizer(stories_backend)
+    """The loaded model's vocabulary and the same file read vocab-only are one class and
+    give the same answers."""
+    via_backend = stories_backend.vocabulary
     vocab = load_tokenizer(require_model("stories260K/stories260K.gguf"))
     text = "Lily saw a big dog. <s> She said </s> hi!"
     for special in (False, True):
@@ -203,3 +203,4 @@ def test_backend_and_vocab_tokenizers_agree(stories_backend):
     assert via_backend.end_of_turn_ids == vocab.end_of_turn_ids == frozenset({vocab.eos_id})
     assert (via_backend.bos_id, via_backend.eos_id, via_backend.add_bos) == (vocab.bos_id, vocab.eos_id, vocab.add_bos)
     assert all(via_backend.token_bytes(t) == vocab.token_bytes(t) for t in range(vocab.vocab_size))
+    assert type(via_backend) is type(vocab)

@@ -94,7 +94,7 @@ def test_load_tokenizer_picks_by_file_kind(tmp_path):
     from localllm.tokenizer import load_tokenizer
 
     gguf = load_tokenizer(require_model("llama-vocab-spm/ggml-vocab-llama-spm.gguf"))
-    assert type(gguf).__name__ == "GGUFVocabTokenizer"
+    assert type(gguf).__name__ == "LlamaCppVocabulary"
     sp = load_tokenizer(require_model("llama2-tokenizer/tokenizer.model"))
     assert type(sp).__name__ == "SentencePieceTokenizer"
     folder = require_model("llama2-tokenizer")

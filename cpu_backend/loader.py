@@ -1,0 +1,121 @@
+"""The llama.cpp row of the backend table: can it run here, which GGUF files it takes,
+what a load needs in memory, and the load itself.
+
+Importing this module does not import llama_cpp (the CLI's --help and the server's start
+stay fast); `load` does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from localllm.backend.preflight import OVERHEAD_BYTES, MemoryEstimate
+from localllm.errors import ModelFileError
+from localllm.formats.gguf import inspect_gguf
+from localllm.types import ModelInfo
+
+KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
+BATCH_TOKENS = 512
+# Full contexts of KV the llama.cpp context reserves: only the working cache lives there
+# (the KV-cache manager parks others in host memory).
+KV_POOL = 1
+
+
+@dataclass(frozen=True)
+class _Shape:
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    kv_width: int  # key + value width of one KV head
+    n_embd: int
+    n_ff: int
+    n_vocab: int
+
+
+def _shape(info: ModelInfo) -> _Shape:
+    meta, arch = info.metadata, info.architecture
+
+    def num(key: str, default: int) -> int:
+        value = meta.get(f"{arch}.{key}", default)
+        return int(value) if isinstance(value, (int, float)) and value else default
+
+    n_embd = num("embedding_length", 0)
+    n_head = num("attention.head_count", 1)
+    head_dim = n_embd // n_head if n_head else 0
+    return _Shape(
+        n_layer=num("block_count", 0),
+        n_head=n_head,
+        n_head_kv=num("attention.head_count_kv", n_head),
+        kv_width=num("attention.key_length", head_dim) + num("attention.value_length", head_dim),
+        n_embd=n_embd,
+        n_ff=num("feed_forward_length", 4 * n_embd),
+        n_vocab=info.vocab_size or 32000,
+    )
+
+
+def estimate_llamacpp_memory(info: ModelInfo, ctx_size: int, kv_type: str, kv_contexts: int = KV_POOL) -> MemoryEstimate:
+    """From the GGUF header alone:
+      weights   the tensor bytes (llama.cpp maps them; every page is touched when decoding)
+      KV cache  layers x KV heads x (key + value width) x cells x bytes per value, where the
+                cells are the context times the KV contexts the backend keeps
+      compute   llama.cpp's graph buffers for a 512-token batch: attention scores over the
+                whole cache (not with flash attention, which q8_0 KV turns on), the logits
+                of the batch, and the layer activations
+      overhead  the process itself (Python, numpy, the library), a fixed allowance
+    Sliding-window layers (Gemma 2) are counted at full context, so it errs high for them."""
+    shape = _shape(info)
+    ctx = ctx_size  # honoured beyond the training context, as the backend loads it
+    cells = ctx * max(1, kv_contexts)
+    weights = int(info.metadata.get("_weights_bytes") or 0) or (Path(info.path).stat().st_size if Path(info.path).exists() else 0)
+    kv = int(shape.n_layer * shape.n_head_kv * shape.kv_width * cells * KV_BYTES_PER_VALUE[kv_type])
+    scores = 0 if kv_type == "q8_0" else shape.n_head * cells  # flash attention never holds them all
+    compute = 4 * BATCH_TOKENS * (scores + shape.n_vocab + 4 * shape.n_embd + 2 * shape.n_ff)
+    return MemoryEstimate(weights, kv, compute, OVERHEAD_BYTES, ctx, kv_type, kv_contexts)
+
+
+def supported_gguf_architectures() -> frozenset[str]:
+    from gguf.constants import MODEL_ARCH_NAMES
+
+    return frozenset(MODEL_ARCH_NAMES.values())
+
+
+class LlamaCppLoader:
+    """`localllm.backend.protocol.BackendLoader` for llama.cpp on the CPU."""
+
+    name = "llamacpp"
+
+    def unavailable_reason(self) -> str | None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            return "the llama.cpp backend needs llama-cpp-python: reinstall with `pip install llama-cpp-python`"
+        return None
+
+    def inspect(self, path: str) -> ModelInfo:
+        info = inspect_gguf(path)
+        if info.n_params == 0:
+            raise ModelFileError(f"{path}: holds only a vocabulary, no weights: give the model's full GGUF file")
+        if info.architecture not in supported_gguf_architectures():
+            raise ModelFileError(
+                f"{path}: unsupported model architecture {info.architecture!r}: "
+                "llama.cpp cannot run it; pick a model of a supported family (llama, qwen2, gemma2, phi3, ...)"
+            )
+        return info
+
+    def estimate_memory(self, info: ModelInfo, ctx_size: int, kv_type: str) -> MemoryEstimate:
+        return estimate_llamacpp_memory(info, ctx_size, kv_type)
+
+    def load(self, info: ModelInfo, settings):
+        from localllm.cpu_backend.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(
+            info,
+            ctx_size=settings.ctx_size,
+            kv_pool=KV_POOL,
+            threads=settings.resolved_threads,
+            kv_type=settings.kv_type,
+            verbose=settings.verbose,
+        )
+
+
+LOADER = LlamaCppLoader()
