@@ -110,7 +110,7 @@ def test_reference_agrees_with_llama_cpp(build_model, shape):
     ref = reference(path).logits(PROMPT)
     backend = LlamaCppBackend(inspect_gguf(path), ctx_size=64, threads=1)
     try:
-        got = np.array(backend.forward(PROMPT, backend.new_cache(), all_logits=True), dtype=np.float64)
+        got = np.array(backend.forward(PROMPT, backend.new_cache(), all_logits=True).numpy(), dtype=np.float64)
     finally:
         backend.close()
     assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
