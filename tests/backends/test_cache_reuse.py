@@ -81,7 +81,7 @@ def test_each_kind_reports_its_cache(kind, backend):
     name = kind[0]
     cache = backend.new_cache()
     try:
-        prompt = backend.tokenize(PROMPTS[3])
+        prompt = backend.vocabulary.encode(PROMPTS[3])
         assert len(prompt) > 3 * SLIDING_WINDOW
         backend.forward(prompt, cache)
         capability = backend.cache_capability(cache)
@@ -96,10 +96,10 @@ def test_each_kind_reports_its_cache(kind, backend):
 @pytest.mark.parametrize("reloaded", [False, True], ids=["live", "reloaded"])
 def test_every_cut_the_capability_allows_is_exact(kind, backend, reloaded):
     """Cut back to every length: allowed cuts give the fresh logits, forbidden ones raise."""
-    prompt = backend.tokenize(STORY)
+    prompt = backend.vocabulary.encode(STORY)
     src, cache = backend.new_cache(), backend.new_cache()
     try:
-        fresh = backend.forward(prompt, src, all_logits=True).copy()
+        fresh = backend.forward(prompt, src, all_logits=True).numpy().copy()
         state = backend.save_state(src)
         exact = []
         for n in range(1, len(prompt)):
@@ -115,7 +115,7 @@ def test_every_cut_the_capability_allows_is_exact(kind, backend, reloaded):
                 assert cache.tokens == prompt  # a refused cut changes nothing
                 continue
             backend.trim(cache, n)
-            logits = backend.forward(prompt[n:], cache, all_logits=True)
+            logits = backend.forward(prompt[n:], cache, all_logits=True).numpy()
             assert np.allclose(logits, fresh[n:], atol=1e-3), n
             exact.append(n)
         expected = {
@@ -137,15 +137,15 @@ def test_a_cut_below_the_window_would_be_wrong(kind, backend):
         pytest.skip("the llama.cpp sliding-window case")
     import llama_cpp
 
-    prompt = backend.tokenize(STORY)
+    prompt = backend.vocabulary.encode(STORY)
     src, cache = backend.new_cache(), backend.new_cache()
     try:
-        fresh = backend.forward(prompt, src, all_logits=True).copy()
+        fresh = backend.forward(prompt, src, all_logits=True).numpy().copy()
         assert backend.load_state(cache, prompt, backend.save_state(src))
         n = len(prompt) - 3
         assert llama_cpp.llama_memory_seq_rm(backend._mem, cache.seq_id, n, -1)
         del cache.tokens[n:]
-        assert not np.allclose(backend.forward(prompt[n:], cache, all_logits=True), fresh[n:], atol=1e-3)
+        assert not np.allclose(backend.forward(prompt[n:], cache, all_logits=True).numpy(), fresh[n:], atol=1e-3)
     finally:
         src.close()
         cache.close()
@@ -163,7 +163,7 @@ def test_reuse_through_the_engine_equals_no_cache(kind, tmp_path):
     name, load = kind
     with Engine(load()) as engine:
         engine.caches.enabled = False  # `--no-cache`
-        prompts = [engine.backend.tokenize(p) for p in PROMPTS]
+        prompts = [engine.backend.vocabulary.encode(p) for p in PROMPTS]
         expected = {tuple(t): greedy(engine, t)[0] for t in prompts}
 
         def no_cache(tokens):
@@ -172,10 +172,10 @@ def test_reuse_through_the_engine_equals_no_cache(kind, tmp_path):
         # A conversation: each turn extends the last prompt and reply (but the reply's
         # last token, never fed to the cache).
         held2 = prompts[3] + expected[tuple(prompts[3])][:-1]
-        turn2 = held2 + engine.backend.tokenize(" The end", add_bos=False)
+        turn2 = held2 + engine.backend.vocabulary.encode(" The end", add_bos=False)
         no_cache(turn2)
         held3 = turn2 + expected[tuple(turn2)][:-1]
-        turn3 = held3 + engine.backend.tokenize(" Bye", add_bos=False)
+        turn3 = held3 + engine.backend.vocabulary.encode(" Bye", add_bos=False)
         no_cache(turn3)
 
     def check(engine, tokens):
