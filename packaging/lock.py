@@ -17,6 +17,7 @@ Usage: python packaging/lock.py [--upgrade]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -42,14 +43,11 @@ HEADER = f"""\
 
 def uv_command() -> list[str]:
     """uv from this interpreter's environment (pip install uv), else from PATH."""
-    try:
-        import uv  # noqa: F401  (the PyPI package ships the binary and `python -m uv`)
-
+    if importlib.util.find_spec("uv"):  # the PyPI package ships the binary and `python -m uv`
         return [sys.executable, "-m", "uv"]
-    except ImportError:
-        found = shutil.which("uv")
-        if found:
-            return [found]
+    found = shutil.which("uv")
+    if found:
+        return [found]
     sys.exit("packaging/lock.py: needs uv: `pip install uv` (or see https://docs.astral.sh/uv/)")
 
 

@@ -98,18 +98,23 @@ def install_command(args) -> int:
         raise UserError(f"--port {args.port}: choose a port between 1 and 65535")
     serve_args = _check_serve_args(args.serve_args)
     manager = _manager(args)
-    spec = build_spec(args.port, serve_args)
+    unit_text = manager.render(build_spec(args.port, serve_args))  # may refuse: before anything is written
     unit, logs = manager.unit_path(), log_dir()
-    created = missing_dirs(unit.parent) + missing_dirs(logs) + [d for d in manager.managed_dirs() if not d.exists()]
-    created = list(dict.fromkeys(created))  # HOME itself may be missing from both chains
+    links = manager.login_links()
+    created = missing_dirs(unit.parent) + missing_dirs(logs) + [d for link, _ in links for d in missing_dirs(link.parent)]
+    created = list(dict.fromkeys(created))  # HOME itself may be missing from several chains
     unit.parent.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     InstallManifest(logs / MANIFEST_NAME).record(created)
     partial = unit.with_name(unit.name + ".partial")
-    partial.write_bytes(manager.render(spec))
+    partial.write_bytes(unit_text)
     os.replace(partial, unit)
     print(f"localllm service: wrote {unit}")
     if args.files_only:
+        for link, target in links:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
         print("localllm service: not started (--files-only); it starts at your next login")
         return 0
     try:
@@ -138,6 +143,9 @@ def uninstall_command(args) -> int:
     if not args.files_only:
         manager.stop()
     unit.unlink(missing_ok=True)
+    for link, _ in manager.login_links():
+        if link.is_symlink():
+            link.unlink()
     if not args.files_only:
         manager.forget()
     if others:

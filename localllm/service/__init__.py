@@ -65,9 +65,9 @@ class ServiceManager(Protocol):
     def session_problem(self) -> str | None:
         """None when the manager's user session can be reached, else why not (one line)."""
 
-    def managed_dirs(self) -> list[Path]:
-        """Folders the manager itself may create while starting the service (systemd's
-        `default.target.wants`), which uninstall removes when install caused them."""
+    def login_links(self) -> list[tuple[Path, str]]:
+        """(link, target) pairs that make the service start at login without asking the
+        manager (systemd's `enable` symlink): --files-only writes them, uninstall removes them."""
 
     def start(self) -> None: ...
 

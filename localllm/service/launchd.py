@@ -59,8 +59,8 @@ class LaunchAgent:
                     f"log in at the Mac itself")
         return None
 
-    def managed_dirs(self) -> list[Path]:
-        return []
+    def login_links(self) -> list[tuple[Path, str]]:
+        return []  # launchd loads every agent in ~/Library/LaunchAgents at login
 
     def start(self) -> None:
         if self._launchctl("print", f"{self.domain}/{LABEL}").returncode == 0:

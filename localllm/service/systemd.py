@@ -104,8 +104,9 @@ class SystemdUserUnit:
             return f"no systemd user session for this user (systemctl --user: {reason})"
         return None
 
-    def managed_dirs(self) -> list[Path]:
-        return [self.unit_path().parent / "default.target.wants"]  # `enable` links the unit there
+    def login_links(self) -> list[tuple[Path, str]]:
+        # What `systemctl --user enable` writes for WantedBy=default.target.
+        return [(self.unit_path().parent / "default.target.wants" / UNIT, f"../{UNIT}")]
 
     def start(self) -> None:
         for args in (("daemon-reload",), ("enable", UNIT), ("restart", UNIT)):

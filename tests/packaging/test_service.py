@@ -46,11 +46,16 @@ def service(*args: str) -> subprocess.CompletedProcess:
     return run_cli("service", *args, timeout=60)
 
 
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under `root` (folders as None), to compare a home before and after."""
+def snapshot(root: Path) -> dict[str, bytes | str | None]:
+    """Every path under `root` (folders as None, links as their target), to compare a home
+    before and after."""
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+    def content(p: Path):
+        return os.readlink(p) if p.is_symlink() else None if p.is_dir() else p.read_bytes()
+
+    return {str(p.relative_to(root)): content(p) for p in sorted(root.rglob("*"))}
 
 
 def free_port() -> int:
@@ -105,6 +110,8 @@ def test_systemd_unit_is_valid_and_restarts_on_failure(home):
     for line in ("Restart=on-failure", "WantedBy=default.target", f"StandardOutput=append:{home / LOG}",
                  f"StandardError=append:{home / LOG}"):
         assert line in text.splitlines(), text
+    link = unit.parent / "default.target.wants" / unit.name  # enabled, as `systemctl --user enable` would
+    assert link.is_symlink() and link.resolve() == unit.resolve()
     program, env = unit_program("systemd", unit)
     assert program == [stable_interpreter(sys.executable), "-m", "localllm", "serve", "--port", "12002"]
     assert env["LOCALLLM_HOME"] == os.environ["LOCALLLM_HOME"] and "LOCALLLM_API_KEY" not in env
@@ -136,9 +143,10 @@ def test_systemd_quoting_survives_spaces_percent_and_dollar(tmp_path):
 @pytest.mark.parametrize("lived_in", [False, True], ids=["empty-home", "lived-in-home"])
 def test_install_then_uninstall_leaves_the_home_as_it_was(home, manager, lived_in):
     if lived_in:  # folders the service shares with other programs must stay
-        for folder in (".config/systemd/user", ".local/state/other", "Library/LaunchAgents"):
+        for folder in (".config/systemd/user/default.target.wants", ".local/state/other", "Library/LaunchAgents"):
             (home / folder).mkdir(parents=True)
         (home / ".config/systemd/user/other.service").write_text("[Service]\nExecStart=/bin/true\n")
+        (home / ".config/systemd/user/default.target.wants/other.service").symlink_to("../other.service")
         (home / "Library/LaunchAgents/other.plist").write_bytes(plistlib.dumps({"Label": "other"}))
         (home / ".config/empty-but-mine").mkdir()
     before = snapshot(home.parent)
