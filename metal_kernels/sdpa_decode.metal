@@ -1,11 +1,14 @@
 // Decode attention: a few query positions (one for decoding, a handful for speculative
 // verification) against a KV cache, with grouped-query attention and the causal mask
 // among the queries. Sections: the header, then a kernel body for a float16 (or float32 /
-// bfloat16) cache and one for an int8 cache with a scale per group of G values of a row.
+// bfloat16) cache and one for an 8-bit cache in MLX's affine layout (`mx.quantize(x,
+// group_size=G, bits=8)`: bytes q packed four to a uint32, and per group of G values of a
+// row a scale and a bias; value = scale * q + bias).
 //
-// Shapes: q and out (B, Hq, L, D); the cache k, v (B, Hkv, S_cap, D) with its first
-// kv_len positions valid; int8 scales (B, Hkv, S_cap, D / G). Query i (0..L-1) sits at
-// position kv_len - L + i and sees keys 0 .. kv_len - L + i.
+// Shapes: q and out (B, Hq, L, D); the cache k, v (B, Hkv, S_cap, D), 8-bit: (B, Hkv,
+// S_cap, D / 4) uint32 with scales and biases (B, Hkv, S_cap, D / G); its first kv_len
+// positions are valid. Query i (0..L-1) sits at position kv_len - L + i and sees keys
+// 0 .. kv_len - L + i.
 //
 // Work split: one threadgroup per (batch * head, query); its NSG SIMD groups take keys
 // round-robin, each lane owning D / 32 consecutive elements of q and of the output. Each
@@ -28,20 +31,24 @@ KVPlain<T> plain_kv(const device T* k, const device T* v) {
   return KVPlain<T>{k, v};
 }
 
-// int8 values times the scale of their group of G along the row.
+// 8-bit values (byte `index` of the packed words: MLX packs little-endian) times the
+// scale of their group of G along the row, plus its bias.
 template <int G, typename S>
-struct KVInt8 {
-  const device int8_t* k;
-  const device int8_t* v;
+struct KVAffine8 {
+  const device uint8_t* k;
+  const device uint8_t* v;
   const device S* k_scales;
+  const device S* k_biases;
   const device S* v_scales;
-  float key(ulong index) const { return float(k[index]) * float(k_scales[index / G]); }
-  float value(ulong index) const { return float(v[index]) * float(v_scales[index / G]); }
+  const device S* v_biases;
+  float key(ulong index) const { return float(k[index]) * float(k_scales[index / G]) + float(k_biases[index / G]); }
+  float value(ulong index) const { return float(v[index]) * float(v_scales[index / G]) + float(v_biases[index / G]); }
 };
 
 template <int G, typename S>
-KVInt8<G, S> int8_kv(const device int8_t* k, const device int8_t* v, const device S* k_scales, const device S* v_scales) {
-  return KVInt8<G, S>{k, v, k_scales, v_scales};
+KVAffine8<G, S> affine8_kv(const device uint32_t* k, const device uint32_t* v, const device S* k_scales,
+                           const device S* k_biases, const device S* v_scales, const device S* v_biases) {
+  return KVAffine8<G, S>{(const device uint8_t*)k, (const device uint8_t*)v, k_scales, k_biases, v_scales, v_biases};
 }
 
 template <int D, int NSG, typename KV, typename TQ, typename TO>
@@ -119,8 +126,9 @@ threadgroup float shared_ml[2 * NSG];
 sdpa_decode<D, NSG>(q, plain_kv(k, v), out, q_shape, k_shape, kv_len, scale, shared_o, shared_ml,
                     simdgroup_index_in_threadgroup, thread_index_in_simdgroup, threadgroup_position_in_grid);
 
-// === kernel int8 ===
+// === kernel affine8 ===
 threadgroup float shared_o[NSG * D];
 threadgroup float shared_ml[2 * NSG];
-sdpa_decode<D, NSG>(q, int8_kv<G>(k, v, k_scales, v_scales), out, q_shape, k_shape, kv_len, scale, shared_o,
-                    shared_ml, simdgroup_index_in_threadgroup, thread_index_in_simdgroup, threadgroup_position_in_grid);
+sdpa_decode<D, NSG>(q, affine8_kv<G>(k, v, k_scales, k_biases, v_scales, v_biases), out, q_shape, k_shape, kv_len,
+                    scale, shared_o, shared_ml, simdgroup_index_in_threadgroup, thread_index_in_simdgroup,
+                    threadgroup_position_in_grid);

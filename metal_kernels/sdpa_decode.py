@@ -1,20 +1,20 @@
-"""Decode attention over a float or int8 KV cache (GQA, causal among a few queries).
+"""Decode attention over a float or 8-bit KV cache (GQA, causal among a few queries).
 
 The trio for this op:
-- `DecodeAttentionKernels`: builds the two Metal kernels of sdpa_decode.metal (float
-  cache, int8 cache with per-group scales) with a kernel factory (`mx.fast.metal_kernel`
-  on a Mac, the emulator in tests); `metal_kernels()` is the Metal instance, None where
-  Metal is missing.
+- `DecodeAttentionKernels`: builds the two Metal kernels of sdpa_decode.metal (a float
+  cache; an 8-bit cache in MLX's affine layout) with a kernel factory
+  (`mx.fast.metal_kernel` on a Mac, the emulator in tests); `metal_kernels()` is the
+  Metal instance, None where Metal is missing.
 - `reference_attention`: the same attention in plain float32 MLX operations.
 - `decode_attention`: the dispatcher: the kernel on Metal for head sizes 64/128/256 and up
-  to MAX_QUERIES queries; elsewhere MLX's `scaled_dot_product_attention` (an int8 cache
+  to MAX_QUERIES queries; elsewhere MLX's `scaled_dot_product_attention` (an 8-bit cache
   is dequantized first).
 
-Layouts: q (B, Hq, L, D); the cache k, v (B, Hkv, S_cap, D) of which the first `kv_len`
-positions are valid (the cache buffer is passed whole: no slice, no copy); int8 scales
-(B, Hkv, S_cap, D / group). Query i is at position kv_len - L + i and sees keys up to it.
-`quantize_kv` is the int8 format's quantizer (symmetric, float16 scale per group, as
-GGUF's Q8_0).
+Layouts: q (B, Hq, L, D); keys and values either float arrays (B, Hkv, S_cap, D) or, for
+an 8-bit cache, the triple `mx.quantize(x, group_size, bits=8)` gives: packed uint32
+(B, Hkv, S_cap, D / 4), scales and biases (B, Hkv, S_cap, D / group). Only the first
+`kv_len` positions are valid: the cache buffers are passed whole (no slice, no copy).
+Query i is at position kv_len - L + i and sees keys up to it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ from .metal_source import MetalSource
 SOURCE_FILE = "sdpa_decode.metal"
 HEAD_DIMS = (64, 128, 256)
 SIMDGROUPS = 8
-KV_GROUP = 32
 MAX_QUERIES = 16
+
+
+def is_quantized(cache_part) -> bool:
+    return isinstance(cache_part, (tuple, list))
 
 
 class DecodeAttentionKernels:
@@ -40,13 +43,14 @@ class DecodeAttentionKernels:
         self.simdgroups = simdgroups
         self.float_kernel = factory(name="sdpa_decode_float", input_names=["q", "k", "v", "kv_len", "scale"],
                                     output_names=["out"], source=source.kernels["float"], header=source.header)
-        self.int8_kernel = factory(name="sdpa_decode_int8",
-                                   input_names=["q", "k", "v", "k_scales", "v_scales", "kv_len", "scale"],
-                                   output_names=["out"], source=source.kernels["int8"], header=source.header)
+        self.affine8_kernel = factory(
+            name="sdpa_decode_affine8",
+            input_names=["q", "k", "k_scales", "k_biases", "v", "v_scales", "v_biases", "kv_len", "scale"],
+            output_names=["out"], source=source.kernels["affine8"], header=source.header)
 
-    def __call__(self, q, k, v, kv_len: int, scale: float, k_scales=None, v_scales=None):
+    def __call__(self, q, keys, values, kv_len: int, scale: float):
         b, hq, n_queries, d = q.shape
-        check_shapes(q.shape, k.shape, v.shape, kv_len)
+        check_shapes(q.shape, keys, values, kv_len)
         if d not in HEAD_DIMS:
             raise ValueError(f"the decode attention kernel takes head sizes {HEAD_DIMS}, got {d}")
         common = dict(
@@ -54,19 +58,26 @@ class DecodeAttentionKernels:
             grid=(32 * self.simdgroups, n_queries, b * hq), threadgroup=(32 * self.simdgroups, 1, 1),
         )
         template = [("D", d), ("NSG", self.simdgroups)]
-        if k_scales is None:
-            (out,) = self.float_kernel(inputs=[q, k, v, int(kv_len), float(scale)], template=template, **common)
+        if not is_quantized(keys):
+            (out,) = self.float_kernel(inputs=[q, keys, values, int(kv_len), float(scale)], template=template, **common)
         else:
-            group = d // k_scales.shape[-1]
-            (out,) = self.int8_kernel(inputs=[q, k, v, k_scales, v_scales, int(kv_len), float(scale)],
-                                      template=[*template, ("G", group)], **common)
+            group = d // keys[1].shape[-1]
+            (out,) = self.affine8_kernel(inputs=[q, *keys, *values, int(kv_len), float(scale)],
+                                         template=[*template, ("G", group)], **common)
         return out
 
 
-def check_shapes(q_shape, k_shape, v_shape, kv_len: int) -> None:
+def check_shapes(q_shape, keys, values, kv_len: int) -> None:
     b, hq, n_queries, d = q_shape
-    if len(k_shape) != 4 or tuple(k_shape) != tuple(v_shape) or k_shape[0] != b or k_shape[3] != d:
-        raise ValueError(f"k and v must be (B, Hkv, S, D) matching q {tuple(q_shape)}; got {tuple(k_shape)}, {tuple(v_shape)}")
+    if is_quantized(keys):
+        k_shape = (*keys[0].shape[:3], keys[0].shape[3] * 4)  # four bytes per packed word
+        v_shape = (*values[0].shape[:3], values[0].shape[3] * 4)
+        if d % keys[1].shape[-1] or keys[1].shape[:3] != keys[0].shape[:3]:
+            raise ValueError(f"8-bit cache scales {tuple(keys[1].shape)} do not group a head of {d} values")
+    else:
+        k_shape, v_shape = tuple(keys.shape), tuple(values.shape)
+    if len(k_shape) != 4 or k_shape != v_shape or k_shape[0] != b or k_shape[3] != d:
+        raise ValueError(f"keys and values must be (B, Hkv, S, D) matching q {tuple(q_shape)}; got {k_shape}, {v_shape}")
     if hq % k_shape[1]:
         raise ValueError(f"{hq} query heads do not share {k_shape[1]} KV heads evenly")
     if not n_queries <= kv_len <= k_shape[2]:
@@ -84,26 +95,15 @@ def metal_kernels() -> DecodeAttentionKernels | None:
 
 
 # ---------------------------------------------------------------------------------------
-def quantize_kv(x, group: int = KV_GROUP):
-    """(int8 values, float16 scales) of x (..., D): symmetric, one scale per `group`
-    values, values rounded with the stored (float16) scale so dequantizing is exact."""
+def dequantize_part(part, kv_len: int | None = None):
+    """A cache part as a float32 array (B, Hkv, S, D), its first kv_len positions."""
     import mlx.core as mx
 
-    shape = x.shape
-    grouped = x.astype(mx.float32).reshape(*shape[:-1], shape[-1] // group, group)
-    scales = (mx.max(mx.abs(grouped), axis=-1) / 127.0).astype(mx.float16)
-    safe = mx.where(scales == 0, mx.array(1.0, mx.float16), scales).astype(mx.float32)
-    values = mx.clip(mx.round(grouped / safe[..., None]), -127, 127).astype(mx.int8)
-    return values.reshape(shape), scales
-
-
-def dequantize_kv(values, scales):
-    import mlx.core as mx
-
-    shape = values.shape
-    group = shape[-1] // scales.shape[-1]
-    grouped = values.astype(mx.float32).reshape(*shape[:-1], scales.shape[-1], group)
-    return (grouped * scales.astype(mx.float32)[..., None]).reshape(shape)
+    if not is_quantized(part):
+        return part[:, :, :kv_len].astype(mx.float32)
+    packed, scales, biases = (a[:, :, :kv_len] for a in part)
+    group = packed.shape[-1] * 4 // scales.shape[-1]
+    return mx.dequantize(packed, scales.astype(mx.float32), biases.astype(mx.float32), group_size=group, bits=8)
 
 
 def causal_mask(n_queries: int, kv_len: int):
@@ -113,26 +113,23 @@ def causal_mask(n_queries: int, kv_len: int):
     return mx.arange(kv_len)[None, :] <= (kv_len - n_queries + mx.arange(n_queries))[:, None]
 
 
-def reference_attention(q, k, v, kv_len: int, scale: float, k_scales=None, v_scales=None):
+def reference_attention(q, keys, values, kv_len: int, scale: float):
     """The attention the kernels compute, in float32 MLX operations; q's dtype out."""
     import mlx.core as mx
 
     b, hq, n_queries, d = q.shape
-    check_shapes(q.shape, k.shape, v.shape, kv_len)
+    check_shapes(q.shape, keys, values, kv_len)
+    k = dequantize_part(keys, kv_len)[:, :, None]  # (B, Hkv, 1, S, D)
+    v = dequantize_part(values, kv_len)[:, :, None]
     hkv = k.shape[1]
-    if k_scales is not None:
-        k, v = dequantize_kv(k, k_scales), dequantize_kv(v, v_scales)
-    keys = k[:, :, :kv_len].astype(mx.float32)[:, :, None]  # (B, Hkv, 1, S, D)
-    values = v[:, :, :kv_len].astype(mx.float32)[:, :, None]
     queries = q.astype(mx.float32).reshape(b, hkv, hq // hkv, n_queries, d) * scale
-    scores = queries @ keys.swapaxes(-1, -2)  # (B, Hkv, R, L, S)
+    scores = queries @ k.swapaxes(-1, -2)  # (B, Hkv, R, L, S)
     scores = mx.where(causal_mask(n_queries, kv_len), scores, -mx.inf)
-    out = mx.softmax(scores, axis=-1) @ values
+    out = mx.softmax(scores, axis=-1) @ v
     return out.reshape(b, hq, n_queries, d).astype(q.dtype)
 
 
-def decode_attention(q, k, v, kv_len: int, scale: float, k_scales=None, v_scales=None,
-                     kernels: DecodeAttentionKernels | None = None):
+def decode_attention(q, keys, values, kv_len: int, scale: float, kernels: DecodeAttentionKernels | None = None):
     """Attention of q against the first kv_len cache positions: the kernel where one is
     at hand (Metal, or `kernels` given) and the shape suits it, else MLX's fused SDPA."""
     import mlx.core as mx
@@ -140,12 +137,9 @@ def decode_attention(q, k, v, kv_len: int, scale: float, k_scales=None, v_scales
     kernels = kernels or metal_kernels()
     n_queries, d = q.shape[2], q.shape[3]
     if kernels is not None and d in HEAD_DIMS and n_queries <= MAX_QUERIES:
-        return kernels(q, k, v, kv_len, scale, k_scales, v_scales)
-    check_shapes(q.shape, k.shape, v.shape, kv_len)
-    if k_scales is not None:
-        k, v = dequantize_kv(k[:, :, :kv_len], k_scales[:, :, :kv_len]), dequantize_kv(v[:, :, :kv_len], v_scales[:, :, :kv_len])
-        k, v = k.astype(q.dtype), v.astype(q.dtype)
-    else:
-        k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+        return kernels(q, keys, values, kv_len, scale)
+    check_shapes(q.shape, keys, values, kv_len)
+    k = dequantize_part(keys, kv_len).astype(q.dtype) if is_quantized(keys) else keys[:, :, :kv_len]
+    v = dequantize_part(values, kv_len).astype(q.dtype) if is_quantized(values) else values[:, :, :kv_len]
     mask = causal_mask(n_queries, kv_len) if n_queries > 1 else None
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)

@@ -16,8 +16,8 @@ Error bounds (u = 2^-24, float32's unit roundoff; gamma_n = n u / (1 - n u)):
   online-softmax rescalings (at most S of them, exp within 4 ulp in Metal's precise
   mode) add a relative (2S + D + 32) * 8u. With |v| <= V,
       |out - out_exact| <= V * (4 delta + (2S + D + 32) * 8u)  +  rounding of out.
-  Int8 cache values times float16 scales are exact in float32, so the same bound holds
-  against the dequantized cache.
+  An 8-bit cache value scale * q + bias costs the kernel one more rounding: the bound
+  then uses |scale q| + |bias| for |k| and |v| and adds u max(|scale q| + |bias|).
 """
 
 from __future__ import annotations
@@ -84,23 +84,36 @@ def random_blocks(rng: np.random.Generator, quant: str, rows: int, k: int, scale
     return blocks.reshape(rows, nb * BLOCK_BYTES[quant])
 
 
-def exact_attention(q, k, v, kv_len: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 attention, its error bound) for q (B, Hq, L, D), cache (B, Hkv, S, D)."""
+def affine8_float64(part) -> tuple[np.ndarray, np.ndarray]:
+    """(values, magnitudes |scale q| + |bias|) in float64 of an 8-bit MLX-affine cache part."""
+    packed, scales, biases = (np.array(a) for a in part)
+    q = packed.view(np.uint8).astype(np.float64)  # MLX packs bytes little-endian
+    group = q.shape[-1] // scales.shape[-1]
+    s = np.repeat(scales.astype(np.float64), group, axis=-1)
+    b = np.repeat(biases.astype(np.float64), group, axis=-1)
+    return s * q + b, np.abs(s * q) + np.abs(b)
+
+
+def exact_attention(q, k, v, kv_len: int, scale: float, k_mag=None, v_mag=None) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 attention, its error bound) for q (B, Hq, L, D), cache (B, Hkv, S, D).
+    k_mag, v_mag: what bounds the kernel's cache values (default |k|, |v|)."""
     q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    k_mag = np.abs(k) if k_mag is None else k_mag
+    v_mag = np.abs(v) if v_mag is None else v_mag
     b, hq, n_queries, d = q.shape
     group = hq // k.shape[1]
     keys = np.repeat(k[:, :, :kv_len], group, axis=1)
     values = np.repeat(v[:, :, :kv_len], group, axis=1)
     scores = np.einsum("bhld,bhsd->bhls", q, keys) * scale
-    magnitude = np.einsum("bhld,bhsd->bhls", np.abs(q), np.abs(keys)) * scale
+    magnitude = np.einsum("bhld,bhsd->bhls", np.abs(q), np.repeat(k_mag[:, :, :kv_len], group, axis=1)) * scale
     visible = np.arange(kv_len)[None, :] <= (kv_len - n_queries + np.arange(n_queries))[:, None]
     scores = np.where(visible, scores, -np.inf)
     weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
     weights /= weights.sum(axis=-1, keepdims=True)
     out = weights @ values
-    delta = gamma(d + 1) * np.where(visible, magnitude, 0).max(axis=-1) + U * np.abs(np.where(visible, scores, 0)).max(axis=-1)
-    vmax = np.abs(values).max(axis=(-1, -2))[..., None]
-    bound = vmax * (4 * delta + (2 * kv_len + d + 32) * 8 * U)
+    delta = gamma(d + 2) * np.where(visible, magnitude, 0).max(axis=-1) + U * np.abs(np.where(visible, scores, 0)).max(axis=-1)
+    vmax = np.repeat(v_mag[:, :, :kv_len], group, axis=1).max(axis=(-1, -2))[..., None]
+    bound = vmax * (4 * delta + (2 * kv_len + d + 32) * 8 * U + U)
     return out, bound[..., None]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.kernels.kernel_checks import (
-    assert_within, emulator_factory, exact_attention, gguf_weights, matmul_error_bound, random_blocks, to_numpy,
+    affine8_float64, assert_within, emulator_factory, exact_attention, gguf_weights, matmul_error_bound, random_blocks, to_numpy,
 )
 
 OPERATOR = re.compile(r"(?<=\s)([-+*/])(=?)(?=\s)")
@@ -83,25 +83,26 @@ def check_sdpa_decode(source, kv: str) -> None:
     import mlx.core as mx
 
     from localllm.metal_kernels.emulator import MetalEmulator
-    from localllm.metal_kernels.sdpa_decode import DecodeAttentionKernels, dequantize_kv, quantize_kv
+    from localllm.metal_kernels.sdpa_decode import DecodeAttentionKernels
 
     rng = np.random.default_rng(12)
     q, k, v = (mx.array(rng.standard_normal(shape).astype(np.float32))
                for shape in ((2, 4, 2, 64), (2, 2, 24, 64), (2, 2, 24, 64)))
     kernels = DecodeAttentionKernels(MetalEmulator(timeout_s=MUTANT_TIMEOUT_S).metal_kernel, source=source, simdgroups=4)
-    if kv == "int8":
-        (kq, ks), (vq, vs) = quantize_kv(k), quantize_kv(v)
-        out = kernels(q, kq, vq, 21, 0.125, ks, vs)
-        k, v = dequantize_kv(kq, ks), dequantize_kv(vq, vs)
+    if kv == "affine8":
+        keys, values = mx.quantize(k, group_size=32, bits=8), mx.quantize(v, group_size=32, bits=8)
+        out = kernels(q, keys, values, 21, 0.125)
+        (k64, k_mag), (v64, v_mag) = affine8_float64(keys), affine8_float64(values)
+        exact, bound = exact_attention(np.array(q), k64, v64, 21, 0.125, k_mag, v_mag)
     else:
         out = kernels(q, k, v, 21, 0.125)
-    exact, bound = exact_attention(np.array(q), np.array(k), np.array(v), 21, 0.125)
+        exact, bound = exact_attention(np.array(q), np.array(k), np.array(v), 21, 0.125)
     assert_within(to_numpy(out), exact, bound, "float32", kv)
 
 
 CHECKS = {
     "quant_matmul.metal": (check_quant_matmul, ("q8_0", "q4_k", "q6_k")),
-    "sdpa_decode.metal": (check_sdpa_decode, ("float", "int8")),
+    "sdpa_decode.metal": (check_sdpa_decode, ("float", "affine8")),
 }
 
 

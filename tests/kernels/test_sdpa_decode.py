@@ -1,4 +1,4 @@
-"""sdpa_decode.metal (float and int8 KV caches) through the emulator here and real Metal on a
+"""sdpa_decode.metal (float and 8-bit affine KV caches) through the emulator here and real Metal on a
 Mac, against float64 attention (bound: see kernel_checks): GQA 1/4/8, head sizes
 64/128/256, one to four queries with the causal mask among them, caches longer than the
 valid length, batches of two; and the pure-MLX reference and dispatcher."""
@@ -10,7 +10,9 @@ import functools
 import numpy as np
 import pytest
 
-from tests.kernels.kernel_checks import KERNEL_TARGETS, assert_within, exact_attention, factory_for, to_numpy
+from tests.kernels.kernel_checks import (
+    KERNEL_TARGETS, affine8_float64, assert_within, exact_attention, factory_for, to_numpy,
+)
 
 # (batch, q heads, kv heads, queries, kv_len, cache capacity, head size)
 CASES = [
@@ -58,20 +60,25 @@ def test_float16_cache(target, case):
     assert_within(to_numpy(reference_attention(q, k, v, kv_len, scale)), exact, bound, "float16", "reference")
 
 
-@pytest.mark.parametrize("target", KERNEL_TARGETS)
-@pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_int8_cache(target, case):
+def quantize8(x):
+    """An 8-bit cache part as MLX's QuantizedKVCache stores it (group 32)."""
     import mlx.core as mx
 
-    from localllm.metal_kernels.sdpa_decode import dequantize_kv, quantize_kv, reference_attention
+    return mx.quantize(x, group_size=32, bits=8)
+
+
+@pytest.mark.parametrize("target", KERNEL_TARGETS)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_8bit_cache(target, case):
+    from localllm.metal_kernels.sdpa_decode import reference_attention
 
     q, k, v, kv_len, scale = make_case(case, "float16", seed=1)
-    (kq, ks), (vq, vs) = quantize_kv(k), quantize_kv(v)
-    assert kq.dtype == mx.int8 and ks.dtype == mx.float16 and ks.shape == (*k.shape[:-1], k.shape[-1] // 32)
-    exact, bound = exact_attention(to_numpy(q), to_numpy(dequantize_kv(kq, ks)), to_numpy(dequantize_kv(vq, vs)), kv_len, scale)
-    out = kernels_for(target)(q, kq, vq, kv_len, scale, ks, vs)
+    keys, values = quantize8(k), quantize8(v)
+    (k64, k_mag), (v64, v_mag) = affine8_float64(keys), affine8_float64(values)
+    exact, bound = exact_attention(to_numpy(q), k64, v64, kv_len, scale, k_mag, v_mag)
+    out = kernels_for(target)(q, keys, values, kv_len, scale)
     assert_within(to_numpy(out), exact, bound, "float16", "kernel")
-    ref = reference_attention(q, kq, vq, kv_len, scale, ks, vs)
+    ref = reference_attention(q, keys, values, kv_len, scale)
     assert_within(to_numpy(ref), exact, bound, "float16", "reference")
 
 
@@ -85,39 +92,23 @@ def test_other_dtypes(target, dtype):
     assert_within(to_numpy(out), exact, bound, dtype, f"{dtype} kernel")
 
 
-def test_quantize_kv_error_is_half_a_step():
-    import mlx.core as mx
-
-    from localllm.metal_kernels.sdpa_decode import dequantize_kv, quantize_kv
-
-    x = mx.array(np.random.default_rng(4).standard_normal((2, 3, 5, 64)).astype(np.float32))
-    x = x.at[0, 0, 0, :32].multiply(0.0)  # an all-zero group
-    values, scales = quantize_kv(x)
-    err = np.abs(np.array(dequantize_kv(values, scales)) - np.array(x)).reshape(2, 3, 5, 2, 32)
-    step = np.array(scales.astype(mx.float32))[..., None]
-    assert np.all(err <= step / 2 + 1e-7 + 1e-3 * step)  # scales are float16-rounded
-    assert np.all(np.array(dequantize_kv(values, scales))[0, 0, 0, :32] == 0)
-
-
-@pytest.mark.parametrize("kv", ["float16", "int8"])
+@pytest.mark.parametrize("kv", ["float16", "8bit"])
 def test_dispatcher_without_metal_runs_mlx_sdpa(kv):
     import mlx.core as mx
 
-    from localllm.metal_kernels.sdpa_decode import decode_attention, dequantize_kv, metal_kernels, quantize_kv
+    from localllm.metal_kernels.sdpa_decode import decode_attention, metal_kernels
 
     if mx.metal.is_available():
         pytest.skip("this machine has Metal")
     assert metal_kernels() is None
     q, k, v, kv_len, scale = make_case(CASES[3], "float32", seed=3)
-    extra = ()
-    if kv == "int8":
-        (k, ks), (v, vs) = quantize_kv(k), quantize_kv(v)
-        extra = (ks, vs)
-        kd, vd = dequantize_kv(k, ks), dequantize_kv(v, vs)
+    if kv == "8bit":
+        k, v = quantize8(k), quantize8(v)
+        (k64, k_mag), (v64, v_mag) = affine8_float64(k), affine8_float64(v)
+        exact, bound = exact_attention(to_numpy(q), k64, v64, kv_len, scale, k_mag, v_mag)
     else:
-        kd, vd = k, v
-    exact, bound = exact_attention(to_numpy(q), to_numpy(kd), to_numpy(vd), kv_len, scale)
-    out = decode_attention(q, k, v, kv_len, scale, *extra)
+        exact, bound = exact_attention(to_numpy(q), to_numpy(k), to_numpy(v), kv_len, scale)
+    out = decode_attention(q, k, v, kv_len, scale)
     assert_within(to_numpy(out), exact, bound * 64, "float32", "MLX sdpa")  # its own summation order
 
 
@@ -143,6 +134,10 @@ def test_bad_shapes_are_refused():
         kernels(q, k, k, 5, 0.1)
     with pytest.raises(ValueError, match="kv_len 11 must cover"):
         kernels(mx.zeros((1, 4, 1, 64), dtype=mx.float16), k, k, 11, 0.1)
+    with pytest.raises(ValueError, match="do not group a head"):
+        packed, scales, biases = quantize8(k)
+        three = mx.concatenate([scales, scales[..., :1]], axis=-1)  # 64 values in 3 groups
+        kernels(mx.zeros((1, 4, 1, 64), dtype=mx.float16), (packed, three, biases), (packed, scales, biases), 5, 0.1)
     with pytest.raises(ValueError, match="head sizes"):
         kernels(mx.zeros((1, 4, 1, 96), dtype=mx.float16), mx.zeros((1, 4, 10, 96), dtype=mx.float16),
                 mx.zeros((1, 4, 10, 96), dtype=mx.float16), 5, 0.1)
