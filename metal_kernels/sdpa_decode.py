@@ -6,8 +6,8 @@ The trio for this op:
   (`mx.fast.metal_kernel` on a Mac, the emulator in tests); `metal_kernels()` is the
   Metal instance, None where Metal is missing.
 - `reference_attention`: the same attention in plain float32 MLX operations.
-- `decode_attention`: the dispatcher: the kernel on Metal for head sizes 64/128/256 and up
-  to MAX_QUERIES queries; elsewhere MLX's `scaled_dot_product_attention` (an 8-bit cache
+- `decode_attention`: the dispatcher: the kernel on Metal for head sizes that are multiples
+  of 32 up to 256 (64/128/256 in practice) and up to MAX_QUERIES queries; elsewhere MLX's `scaled_dot_product_attention` (an 8-bit cache
   is dequantized first).
 
 Layouts: q (B, Hq, L, D); keys and values either float arrays (B, Hkv, S_cap, D) or, for
@@ -25,7 +25,7 @@ from . import metal_source
 from .metal_source import MetalSource
 
 SOURCE_FILE = "sdpa_decode.metal"
-HEAD_DIMS = (64, 128, 256)
+MAX_HEAD_DIM = 256  # each lane holds D / 32 values; the merge buffer is NSG * D floats
 SIMDGROUPS = 8
 MAX_QUERIES = 16
 
@@ -51,8 +51,8 @@ class DecodeAttentionKernels:
     def __call__(self, q, keys, values, kv_len: int, scale: float):
         b, hq, n_queries, d = q.shape
         check_shapes(q.shape, keys, values, kv_len)
-        if d not in HEAD_DIMS:
-            raise ValueError(f"the decode attention kernel takes head sizes {HEAD_DIMS}, got {d}")
+        if not head_dim_fits(d):
+            raise ValueError(f"the decode attention kernel takes head sizes that are multiples of 32 up to {MAX_HEAD_DIM}, got {d}")
         common = dict(
             output_shapes=[q.shape], output_dtypes=[q.dtype],
             grid=(32 * self.simdgroups, n_queries, b * hq), threadgroup=(32 * self.simdgroups, 1, 1),
@@ -65,6 +65,15 @@ class DecodeAttentionKernels:
             (out,) = self.affine8_kernel(inputs=[q, *keys, *values, int(kv_len), float(scale)],
                                          template=[*template, ("G", group)], **common)
         return out
+
+
+def head_dim_fits(d: int) -> bool:
+    return d % 32 == 0 and 32 <= d <= MAX_HEAD_DIM
+
+
+def kernel_fits(q_shape) -> bool:
+    """Whether the kernel takes queries of this shape (B, Hq, L, D)."""
+    return head_dim_fits(q_shape[3]) and q_shape[2] <= MAX_QUERIES
 
 
 def check_shapes(q_shape, keys, values, kv_len: int) -> None:
@@ -135,8 +144,8 @@ def decode_attention(q, keys, values, kv_len: int, scale: float, kernels: Decode
     import mlx.core as mx
 
     kernels = kernels or metal_kernels()
-    n_queries, d = q.shape[2], q.shape[3]
-    if kernels is not None and d in HEAD_DIMS and n_queries <= MAX_QUERIES:
+    n_queries = q.shape[2]
+    if kernels is not None and kernel_fits(q.shape):
         return kernels(q, keys, values, kv_len, scale)
     check_shapes(q.shape, keys, values, kv_len)
     k = dequantize_part(keys, kv_len).astype(q.dtype) if is_quantized(keys) else keys[:, :, :kv_len]

@@ -116,6 +116,10 @@ class QuantizedKVCache(KVCache):
         held = [a[:, :, : self.offset] for a in self.parts]
         return tuple(held[:3]), tuple(held[3:])
 
+    def buffers(self):
+        """The whole key and value buffers (packed, scales, biases each), valid up to offset."""
+        return tuple(self.parts[:3]), tuple(self.parts[3:])
+
     def state(self) -> dict[str, mx.array]:
         if not self.offset:
             return {}

@@ -70,10 +70,20 @@ def _drop_pages(mapping: mmap.mmap | None, start: int, length: int) -> None:
         pass  # only an optimisation
 
 
-def load_gguf(path: str | os.PathLike, wanted=None) -> GGUFWeights:
-    """Load every tensor (or those whose name `wanted(name)` accepts)."""
+def blocks_by_default() -> bool:
+    """Keep Q4_K/Q6_K/Q8_0 in GGUF block layout where Metal kernels read them."""
+    from localllm.metal_kernels.quant_matmul import metal_kernels
+
+    return metal_kernels() is not None
+
+
+def load_gguf(path: str | os.PathLike, wanted=None, keep_blocks: bool | None = None) -> GGUFWeights:
+    """Load every tensor (or those whose name `wanted(name)` accepts). `keep_blocks`
+    (default: on Metal) keeps the types the Metal kernels read in block layout."""
     import gguf
 
+    if keep_blocks is None:
+        keep_blocks = blocks_by_default()
     path = Path(path)
     try:
         reader = gguf.GGUFReader(str(path), "r")
@@ -87,7 +97,7 @@ def load_gguf(path: str | os.PathLike, wanted=None) -> GGUFWeights:
                 continue
             shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
             try:
-                weight = repack(t.data, t.tensor_type, shape, t.name)
+                weight = repack(t.data, t.tensor_type, shape, t.name, keep_blocks=keep_blocks)
             except UnsupportedTensorType as e:
                 raise ModelFileError(f"{path}: {e}") from None
             mx.eval(*(weight_arrays(weight) if not isinstance(weight, mx.array) else [weight]))

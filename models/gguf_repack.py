@@ -9,6 +9,8 @@ Exact repacks (the MLX weight dequantizes bit for bit to what `gguf`'s dequantiz
 - Q6_K: its 16-element sub-blocks are below MLX's smallest group (32), so the tensor is
   held as two 6-bit group-32 matrices, each carrying one of the two sub-blocks of every
   group and the zero point (q=32) in the other; their sum is the tensor, exactly.
+Kept as they are (`keep_blocks`, the default on Metal): Q4_K, Q6_K and Q8_0 matrices stay
+GGUF blocks in a `BlockWeight`, which localllm.metal_kernels' kernels read directly.
 Converted, not exact:
 - Q2_K, Q3_K: dequantized, then requantized to 4-bit affine groups of 32 with float32
   scale = (max-min)/15 and bias = min of the group, rounding to nearest: every weight is
@@ -24,7 +26,7 @@ import mlx.core as mx
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
 
-from localllm.models.weights import AffineWeight, DenseWeight, SummedWeight, Weight
+from localllm.models.weights import AffineWeight, BlockWeight, DenseWeight, SummedWeight, Weight
 
 GROUP = 32
 QK_K = 256
@@ -232,9 +234,15 @@ def _dense(data: np.ndarray, qtype: T) -> mx.array:
 SUPPORTED = frozenset([T.F32, T.F16, T.BF16, T.Q6_K, *DECODERS, *CONVERTED_BITS])
 
 
-def repack(data: np.ndarray, qtype: T, shape: tuple[int, ...], name: str = "") -> Weight | mx.array:
+# The ggml types the Metal kernels read in block layout (localllm.metal_kernels.quant_matmul).
+BLOCK_KERNEL_TYPES = {T.Q4_K: "q4_k", T.Q6_K: "q6_k", T.Q8_0: "q8_0"}
+
+
+def repack(data: np.ndarray, qtype: T, shape: tuple[int, ...], name: str = "",
+           keep_blocks: bool = False) -> Weight | mx.array:
     """One tensor: `data` as `gguf.GGUFReader` gives it (memory-mapped), `shape` in
-    numpy order ([out, in] for a matrix). Vectors come back as plain arrays."""
+    numpy order ([out, in] for a matrix). Vectors come back as plain arrays. With
+    `keep_blocks`, Q4_K/Q6_K/Q8_0 matrices stay in block layout (a BlockWeight)."""
     if qtype not in SUPPORTED:
         raise UnsupportedTensorType(
             f"tensor {name} is {qtype.name}, which the MLX path cannot load "
@@ -247,6 +255,8 @@ def repack(data: np.ndarray, qtype: T, shape: tuple[int, ...], name: str = "") -
         raise UnsupportedTensorType(f"tensor {name} ({qtype.name}, shape {shape}) is not a matrix the MLX path can hold")
     rows, n = shape
     data = data.reshape(rows, -1)
+    if keep_blocks and qtype in BLOCK_KERNEL_TYPES:
+        return BlockWeight(mx.array(np.ascontiguousarray(data)), BLOCK_KERNEL_TYPES[qtype], n)
     if qtype in DECODERS:
         return _repack_exact(data, qtype, n)
     if qtype == T.Q6_K:

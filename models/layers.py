@@ -1,5 +1,6 @@
 """Building blocks the architecture files share: norms, rotary embeddings, attention over
-a layer cache (plain, 8-bit, sliding-window), gated MLPs.
+a layer cache (plain, 8-bit, sliding-window), gated MLPs. On Metal, attention over an
+8-bit cache runs localllm.metal_kernels' decode-attention kernel.
 
 Shapes: activations [B, L, dim]; per-head tensors [B, heads, L, head_dim].
 """
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from localllm.metal_kernels import sdpa_decode
 from localllm.models.cache import KV_GROUP, LayerCache, QuantizedKVCache, SlidingKVCache
 from localllm.models.weights import Weight
 
@@ -89,7 +91,13 @@ def attend(q: mx.array, k: mx.array, v: mx.array, cache: LayerCache, scale: floa
     q_start = cache.offset
     if isinstance(cache, QuantizedKVCache):
         keys, values = cache.update(k, v)
-        out = _quantized_attention(q, keys, values, scale, _mask(L, q_start, 0, cache.offset, window))
+        kernels = sdpa_decode.metal_kernels()
+        if kernels is not None and window is None and sdpa_decode.kernel_fits(q.shape):
+            # The Metal kernel reads the whole 8-bit buffers (no slice, no copy) up to offset.
+            whole_keys, whole_values = cache.buffers()
+            out = kernels(q, whole_keys, whole_values, cache.offset, scale)
+        else:
+            out = _quantized_attention(q, keys, values, scale, _mask(L, q_start, 0, cache.offset, window))
     else:
         keys, values = cache.update(k, v)
         start = cache.start

@@ -1,12 +1,14 @@
 """Weight matrices as the MLX path holds them, whatever file they came from.
 
-A linear layer's weight is one of three kinds, all applied as `x @ W.T`:
+A linear layer's weight is one of four kinds, all applied as `x @ W.T`:
 - `DenseWeight`: a plain array (F32, F16 or BF16, kept in the file's dtype);
 - `AffineWeight`: MLX affine quantization (w = scale * q + bias per group of
   `group_size` along the input dimension), applied with `mx.quantized_matmul`;
 - `SummedWeight`: several affine weights whose sum is the matrix (a GGUF Q6_K tensor has
   16-element groups, which MLX refuses; it is held exactly as two group-32 halves, each
-  zero where the other is not, until a Metal kernel reads Q6_K blocks directly).
+  zero where the other is not; on Metal a BlockWeight reads Q6_K blocks directly);
+- `BlockWeight`: on Metal, a GGUF Q4_K, Q6_K or Q8_0 matrix kept in the file's block
+  layout, applied by localllm.metal_kernels' quantized matmul (no repack, Q6_K exact).
 
 Every kind can also hand out whole rows dequantized (`rows`), so an embedding table
 stays quantized and only the looked-up rows are expanded.
@@ -116,7 +118,45 @@ class SummedWeight:
         return out
 
 
-Weight = DenseWeight | AffineWeight | SummedWeight
+@dataclass
+class BlockWeight:
+    """A GGUF-quantized [out, in] matrix in its file's block layout: `blocks` uint8
+    [out, bytes per row], `quant` one of "q4_k", "q6_k", "q8_0". Applied by the Metal
+    kernel for up to 16 rows of x, else dequantized (localllm.metal_kernels.quant_matmul);
+    `kernels` overrides the Metal kernels (tests run the emulator's)."""
+
+    blocks: mx.array
+    quant: str
+    in_features: int
+    kernels: object = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.blocks.shape[0], self.in_features)
+
+    @property
+    def nbytes(self) -> int:
+        return self.blocks.nbytes
+
+    def __call__(self, x: mx.array) -> mx.array:
+        from localllm.metal_kernels.quant_matmul import quant_matmul
+
+        return quant_matmul(x, self.blocks, self.quant, kernels=self.kernels)
+
+    def rows(self, ids: mx.array, dtype=None) -> mx.array:
+        from localllm.metal_kernels.quant_matmul import dequantize
+
+        flat = self.blocks[ids.reshape(-1)]
+        out = dequantize(flat, self.quant, self.in_features).reshape(*ids.shape, self.in_features)
+        return out.astype(dtype) if dtype is not None else out
+
+    def dequantized(self, dtype=mx.float32) -> mx.array:
+        from localllm.metal_kernels.quant_matmul import dequantize
+
+        return dequantize(self.blocks, self.quant, self.in_features).astype(dtype)
+
+
+Weight = DenseWeight | AffineWeight | SummedWeight | BlockWeight
 
 
 def weight_arrays(weight: Weight) -> list[mx.array]:
@@ -125,4 +165,6 @@ def weight_arrays(weight: Weight) -> list[mx.array]:
         return [weight.w]
     if isinstance(weight, AffineWeight):
         return [weight.w, weight.scales, weight.biases]
+    if isinstance(weight, BlockWeight):
+        return [weight.blocks]
     return [a for p in weight.parts for a in weight_arrays(p)]
