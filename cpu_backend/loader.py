@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localllm.backend.preflight import OVERHEAD_BYTES, MemoryEstimate
-from localllm.errors import ModelFileError
-from localllm.formats.gguf import inspect_gguf
+from localllm.formats.gguf_checks import check_loadable, supported_gguf_architectures  # noqa: F401 (importable here)
 from localllm.types import ModelInfo
 
 KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
@@ -75,12 +74,6 @@ def estimate_llamacpp_memory(info: ModelInfo, ctx_size: int, kv_type: str, kv_co
     return MemoryEstimate(weights, kv, compute, OVERHEAD_BYTES, ctx, kv_type, kv_contexts)
 
 
-def supported_gguf_architectures() -> frozenset[str]:
-    from gguf.constants import MODEL_ARCH_NAMES
-
-    return frozenset(MODEL_ARCH_NAMES.values())
-
-
 class LlamaCppLoader:
     """`localllm.backend.protocol.BackendLoader` for llama.cpp on the CPU."""
 
@@ -92,15 +85,8 @@ class LlamaCppLoader:
         return None
 
     def inspect(self, path: str) -> ModelInfo:
-        info = inspect_gguf(path)
-        if info.n_params == 0:
-            raise ModelFileError(f"{path}: holds only a vocabulary, no weights: give the model's full GGUF file")
-        if info.architecture not in supported_gguf_architectures():
-            raise ModelFileError(
-                f"{path}: unsupported model architecture {info.architecture!r}: "
-                "llama.cpp cannot run it; pick a model of a supported family (llama, qwen2, gemma2, phi3, ...)"
-            )
-        return info
+        # Every header value llama.cpp would assert on, weights present, a known architecture.
+        return check_loadable(path)
 
     def estimate_memory(self, info: ModelInfo, ctx_size: int, kv_type: str) -> MemoryEstimate:
         return estimate_llamacpp_memory(info, ctx_size, kv_type)

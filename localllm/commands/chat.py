@@ -32,6 +32,10 @@ def chat_command(args) -> int:
         backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
         kv_type=args.kv_type, debug=args.debug, overflow=args.overflow,
     )
+    if args.model:  # a bad file is one line and exit 2 here, not an error inside the app
+        from localllm.registry.lookup import resolve_loadable_model
+
+        resolve_loadable_model(args.model, settings)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UserError("localllm chat needs a terminal: for scripts use `localllm run MODEL PROMPT`")
     from localllm.tui.app import ChatApp

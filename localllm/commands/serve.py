@@ -82,5 +82,8 @@ def serve_command(args) -> int:
         path = resolve_model_path(config.preload, settings)  # a typo fails now, with exit 2
         if not Path(path).exists():
             raise UserError(f"--model {config.preload}: no such model file {path}")
+        from localllm.registry.lookup import resolve_loadable_model
+
+        resolve_loadable_model(config.preload, settings)  # so does a file that is not a loadable model
     serve(config, settings, log_level="info" if settings.verbose else "warning")
     return 0

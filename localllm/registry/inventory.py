@@ -121,10 +121,10 @@ def remove_model(name: str, settings) -> None:
 def import_model(path, name: str, settings) -> ModelEntry:
     """Copy a local GGUF file into the store as `name` (tag `latest` when none is given).
     The original file is left as it is."""
-    from localllm.formats.gguf import inspect_gguf
+    from localllm.formats.gguf_checks import check_loadable
 
     src = Path(path).expanduser()
-    info = inspect_gguf(src)  # refuses missing, foreign, truncated files with the reason
+    info = check_loadable(src)  # refuses what `run` would refuse (or crash on), with the reason
     model_name = parse_model_name(name)
     if model_name.is_hub:
         raise InvalidModelNameError(

@@ -114,3 +114,15 @@ def resolve_model_path(name: str, settings, *, allow_paths: bool = True) -> Path
             f"run `localllm pull {manifest.full_name}` to fetch it again"
         )
     return store.model_path(manifest)
+
+
+def resolve_loadable_model(name: str, settings) -> Path:
+    """`resolve_model_path`, then the header checks a load makes (GGUF files; MLX folders
+    are left to their backend), for commands that load later: the chat app and the
+    server refuse a bad file at once, with the one line `run` gives."""
+    from localllm.formats.gguf_checks import check_loadable
+
+    path = resolve_model_path(name, settings)
+    if not (path.is_dir() and preferred_format(settings) == "mlx"):
+        check_loadable(path)
+    return path

@@ -85,6 +85,8 @@ def build_gguf(path: Path, chat_template: str | None = None, license: str | None
     writer.add_head_count_kv(2)
     writer.add_feed_forward_length(2 * n)
     writer.add_file_type(1)  # "F16" in the file-type table
+    writer.add_tokenizer_model("gpt2")  # a vocabulary, as every loadable model has
+    writer.add_token_list(["a", "b", "c", "ab"])
     if chat_template:
         writer.add_chat_template(chat_template)
     if license:

@@ -20,8 +20,8 @@ def test_chat_help_lists_its_flags():
         assert flag in out.stdout
 
 
-def test_chat_without_a_terminal_says_what_to_use_instead(isolated_home):
-    out = run_cli("chat", "whatever.gguf")
+def test_chat_without_a_terminal_says_what_to_use_instead(isolated_home, stories_path):
+    out = run_cli("chat", str(stories_path))  # a good model: a bad one is refused first
     assert out.returncode == 2
     assert out.stderr.strip() == "localllm: error: localllm chat needs a terminal: for scripts use `localllm run MODEL PROMPT`"
 
