@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localllm.backend.preflight import OVERHEAD_BYTES, MemoryEstimate
-from localllm.formats.gguf_checks import check_loadable, supported_gguf_architectures  # noqa: F401 (importable here)
+from localllm.formats.gguf_checks import check_loadable
 from localllm.types import ModelInfo
 
 KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
