@@ -95,3 +95,15 @@ def embedding_models(stories_path, smollm_path, tmp_path_factory) -> dict[str, P
     models["bert-cls"] = bert_style(folder)
     models["smollm-mean"] = with_pooling(smollm_path, folder, "mean")
     return models
+
+
+@pytest.fixture(scope="session")
+def fim_models(smollm_path, tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-weight models with FIM tokens: Qwen2.5-Coder's convention (with
+    repository markers and fim_* metadata) and CodeLlama's (with and without metadata)."""
+    from tests.model_builders import codellama_style, qwen_coder_style
+
+    vocab = require_model("llama-vocab-spm/ggml-vocab-llama-spm.gguf")
+    folder = tmp_path_factory.mktemp("fim-models")
+    return {"qwen": qwen_coder_style(smollm_path, folder), "codellama": codellama_style(vocab, folder),
+            "codellama-nometa": codellama_style(vocab, folder, metadata=False)}

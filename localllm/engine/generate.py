@@ -61,6 +61,10 @@ def generate(
     t_start = clock()
     logits, stats.cached_tokens = prefill(backend, cache, prompt)
     stats.prefill_s = clock() - t_start
+    if request.max_tokens <= 0:  # prefill only: the cache now holds the prompt
+        stats.peak_rss_bytes = peak_rss_bytes()
+        yield GenerationChunk("", None, finish_reason="length", stats=stats)
+        return
 
     vocab = backend.vocabulary
     sampler = Sampler(request.sampling, backend.vocab_size)

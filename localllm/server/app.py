@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from localllm import __version__
 from localllm.errors import UserError
-from localllm.server import embeddings, ollama_api, ollama_models, openai_api
+from localllm.server import embeddings, llama_server_api, ollama_api, ollama_models, openai_api
 from localllm.server.admission import Admission
 from localllm.server.config import ServerConfig
 from localllm.server.errors import APIError, error_response
@@ -103,8 +103,9 @@ async def _api_error(request: Request, exc: APIError):
 
 async def _http_error(request: Request, exc: HTTPException):
     if exc.status_code == 404:
-        err = APIError(f"no route {request.method} {request.url.path}: see the server's documentation for "
-                       "the OpenAI (/v1/...) and Ollama (/api/...) endpoints", status=404, code="not_found")
+        err = APIError(f"no route {request.method} {request.url.path}: see the server's documentation for the "
+                       "OpenAI (/v1/...), Ollama (/api/...) and llama-server (/completion, /infill) endpoints",
+                       status=404, code="not_found")
     elif exc.status_code == 405:
         err = APIError(f"{request.method} is not allowed on {request.url.path}", status=405,
                        code="method_not_allowed")
@@ -161,6 +162,7 @@ def create_app(config: ServerConfig, settings, *, loader: Callable | None = None
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *openai_api.routes, *ollama_api.routes, *ollama_models.routes, *embeddings.routes,
+        *llama_server_api.routes,
     ]
     known = frozenset(r.path for r in routes if "{" not in r.path)
 

@@ -1,8 +1,9 @@
 """Errors a client sees, in the shape its API expects.
 
 Handlers raise `APIError` (or a subclass); `error_response` renders it as OpenAI's
-`{"error": {"message", "type", "param", "code"}}` under `/v1` and as Ollama's
-`{"error": "..."}` everywhere else. Messages say what was wrong and what to do.
+`{"error": {"message", "type", "param", "code"}}` under `/v1`, as llama-server's
+`{"error": {"code", "message", "type"}}` on its routes and as Ollama's `{"error": "..."}`
+everywhere else. Messages say what was wrong and what to do.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ class Overloaded(APIError):
         self.retry_after = retry_after
 
 
+# llama-server's own routes (localllm/server/llama_server_api.py) and its error types.
+LLAMA_SERVER_PATHS = frozenset({"/completion", "/completions", "/infill"})
+_LLAMA_SERVER_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                       501: "not_supported_error", 503: "unavailable_error"}
+
+
 def is_openai_path(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
@@ -85,6 +92,9 @@ def error_payload(path: str, err: APIError) -> dict:
             "param": err.param,
             "code": err.code,
         }}
+    if path in LLAMA_SERVER_PATHS:
+        kind = _LLAMA_SERVER_TYPES.get(err.status, "invalid_request_error" if err.status < 500 else "server_error")
+        return {"error": {"code": err.status, "message": err.message, "type": kind}}
     return {"error": err.message}
 
 

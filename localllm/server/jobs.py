@@ -37,14 +37,26 @@ class TokenPrompt:
 
 
 @dataclass(frozen=True)
+class MixedPrompt:
+    """llama-server's prompt array: text pieces (special tokens parse) and token ids."""
+
+    parts: tuple[Union[str, int], ...]
+
+
+@dataclass(frozen=True)
 class InfillPrompt:
-    """Fill in the middle: the model writes what goes between `prefix` and `suffix`."""
+    """Fill in the middle: the model writes what goes between `prefix` + `typed` and
+    `suffix`. `repository`: llama-server's /infill layout, with `extra` (filename, text)
+    context chunks and repository markers, cut to fit the context."""
 
     prefix: str
     suffix: str
+    typed: str = ""
+    extra: tuple[tuple[str, str], ...] = ()
+    repository: bool = False
 
 
-Prompt = Union[ChatPrompt, TextPrompt, TokenPrompt, InfillPrompt]
+Prompt = Union[ChatPrompt, TextPrompt, TokenPrompt, MixedPrompt, InfillPrompt]
 
 
 @dataclass(frozen=True)
@@ -52,9 +64,10 @@ class GenerationJob:
     model: str
     prompt: Prompt
     sampling: SamplingParams = SamplingParams()
-    max_tokens: int | None = None  # None: until end of text or a full context
+    max_tokens: int | None = None  # None: until end of text or a full context; 0: prefill only
     max_tokens_param: str = "max_tokens"  # the field's name in the client's API, for errors
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # generate past the end-of-text token (llama-server's ignore_eos)
     keep_alive_s: float | None = None
     keep_alive_given: bool = False  # False: the model's own keep-alive applies
     api: str = "native"  # metrics label: openai_chat, openai_completions, ollama_chat, ...
@@ -72,3 +85,4 @@ class GenerationOutcome:
     queued_s: float = 0.0  # time it waited for the engine
     total_s: float = 0.0  # arrival to the last chunk
     dropped_messages: int = 0  # turns the overflow policy let go
+    truncated: bool = False  # an infill prompt was cut to fit the context

@@ -6,12 +6,13 @@ CPU work the event loop must not wait on.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from localllm.errors import ContextOverflowError, UserError
 from localllm.server.errors import BadRequest
-from localllm.server.fim import infill_tokens
-from localllm.server.jobs import ChatPrompt, GenerationJob, InfillPrompt, TextPrompt, TokenPrompt
+from localllm.server.fim import InfillBudget, infill_tokens
+from localllm.server.jobs import ChatPrompt, GenerationJob, InfillPrompt, MixedPrompt, TextPrompt, TokenPrompt
 from localllm.types import GenerationRequest, Message
 
 
@@ -19,12 +20,33 @@ from localllm.types import GenerationRequest, Message
 class PreparedPrompt:
     request: GenerationRequest
     dropped_messages: int = 0
+    truncated: bool = False
 
 
 def has_chat_template(model) -> bool:
     prompter = model.prompter
     flag = getattr(prompter, "has_template", None)
     return bool(flag) if flag is not None else getattr(prompter, "template", None) is not None
+
+
+def _check_ids(tokens, vocab: int) -> None:
+    bad = [t for t in tokens if not 0 <= t < vocab]
+    if bad:
+        raise BadRequest(f"token id {bad[0]} in 'prompt' is outside the vocabulary of {vocab} tokens", param="prompt")
+
+
+def _mixed_tokens(model, parts) -> list[int]:
+    """llama-server's mixed prompt: the first text piece starts the sequence (BOS where the
+    model uses one), every text piece parses special tokens, ids pass as they are."""
+    tokens: list[int] = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            tokens += model.text_tokens(part, special=True) if i == 0 else \
+                model.tokenizer.encode(part, add_bos=False, special=True)
+        else:
+            tokens.append(part)
+    _check_ids(tokens, model.vocab_size)
+    return tokens
 
 
 def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], int]:
@@ -41,21 +63,27 @@ def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], int]:
         text = f"{prompt.system}\n\n{prompt.text}" if prompt.system else prompt.text
         return model.text_tokens(text, special=prompt.special), 0
     if isinstance(prompt, TokenPrompt):
-        vocab = model.vocab_size
-        bad = [t for t in prompt.tokens if not 0 <= t < vocab]
-        if bad:
-            raise BadRequest(f"token id {bad[0]} in 'prompt' is outside the vocabulary of {vocab} tokens",
-                             param="prompt")
+        _check_ids(prompt.tokens, model.vocab_size)
         return list(prompt.tokens), 0
-    if isinstance(prompt, InfillPrompt):
-        tokens = infill_tokens(model, prompt.prefix, prompt.suffix)
-        if tokens is None:
-            raise BadRequest(
-                f"model '{job.model}' has no fill-in-the-middle tokens in its vocabulary, so 'suffix' cannot be "
-                "used with it: use a code model with FIM tokens (Qwen2.5-Coder, StarCoder2, CodeLlama, "
-                "DeepSeek-Coder, CodeGemma) or leave 'suffix' out", param="suffix", code="fim_unsupported")
-        return tokens, 0
+    if isinstance(prompt, MixedPrompt):
+        return _mixed_tokens(model, prompt.parts), 0
     raise TypeError(f"unknown prompt kind {type(prompt).__name__}")
+
+
+def infill_prompt(model, job: GenerationJob) -> tuple[list[int], bool]:
+    """(tokens, whether the budget cut them) for a fill-in-the-middle job, or a 400."""
+    prompt = job.prompt
+    budget = InfillBudget.for_context(model.n_ctx, job.max_tokens) if prompt.repository else None
+    layout = infill_tokens(model, prompt.prefix, prompt.suffix, typed=prompt.typed, extra=prompt.extra,
+                           repository=prompt.repository, budget=budget)
+    if layout is None:
+        what = "/infill" if prompt.repository else "'suffix'"
+        raise BadRequest(
+            f"model '{job.model}' has no fill-in-the-middle tokens in its vocabulary, so {what} cannot be "
+            "used with it: use a code model with FIM tokens (Qwen2.5-Coder, StarCoder2, CodeLlama, "
+            "DeepSeek-Coder, CodeGemma)" + ("" if prompt.repository else " or leave 'suffix' out"),
+            param="suffix", code="fim_unsupported")
+    return layout.tokens, layout.truncated
 
 
 def check_context(job: GenerationJob, n_prompt: int, n_ctx: int) -> None:
@@ -77,8 +105,12 @@ def check_context(job: GenerationJob, n_prompt: int, n_ctx: int) -> None:
 
 def prepare(model, job: GenerationJob) -> PreparedPrompt:
     """Tokens and the engine request for `job` on `model`, or a 400."""
+    truncated = False
     try:
-        tokens, dropped = prompt_tokens(model, job)
+        if isinstance(job.prompt, InfillPrompt):
+            (tokens, truncated), dropped = infill_prompt(model, job), 0
+        else:
+            tokens, dropped = prompt_tokens(model, job)
     except ContextOverflowError as e:
         raise BadRequest(str(e), code="context_length_exceeded") from None
     except UserError as e:  # a template that refuses these messages, say
@@ -90,4 +122,8 @@ def prepare(model, job: GenerationJob) -> PreparedPrompt:
             raise BadRequest(f"logit_bias names token {token}, outside the vocabulary of {vocab} tokens",
                              param="logit_bias")
     request = model.request(tokens, job.sampling, job.max_tokens, job.stop)
-    return PreparedPrompt(request, dropped)
+    if job.max_tokens == 0:  # prefill only: warm the KV cache (llama-server's n_predict 0)
+        request = dataclasses.replace(request, max_tokens=0)
+    if job.ignore_eos:
+        request = dataclasses.replace(request, ignore_eos=True)
+    return PreparedPrompt(request, dropped, truncated)

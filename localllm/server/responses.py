@@ -74,15 +74,27 @@ def _start(status: int, media_type: str, extra: dict[str, str]) -> dict:
     return {"type": "http.response.start", "status": status, "headers": headers}
 
 
+class TextLimit(Protocol):
+    """Watches the text as it is generated and may end it early (llama-server's
+    `n_indent`, `t_max_predict_ms`): `feed` returns the text to pass on."""
+
+    stopped: bool
+
+    def feed(self, text: str) -> str: ...
+
+    def flush(self) -> str: ...
+
+
 class GenerationResponse:
     def __init__(self, service, job: GenerationJob, renderer: Renderer, *, stream: bool,
-                 t_arrival: float, path: str):
+                 t_arrival: float, path: str, limit: TextLimit | None = None):
         self.service = service
         self.job = job
         self.renderer = renderer
         self.stream = stream
         self.t_arrival = t_arrival
         self.path = path
+        self.limit = limit
         self._generation = None
 
     def _cancel(self) -> None:
@@ -101,6 +113,21 @@ class GenerationResponse:
             return {"x-localllm-dropped-messages": str(outcome.dropped_messages)}
         return {}
 
+    async def _pieces(self, generation):
+        """The generation's text, through the text limit where there is one."""
+        limit = self.limit
+        async for text in generation.pieces():
+            if limit is not None:
+                text = limit.feed(text)
+                if limit.stopped:
+                    generation.cancel()  # the engine stops within a token; the rest is dropped
+            if text:
+                yield text
+        if limit is not None:
+            rest = limit.flush()
+            if rest:
+                yield rest
+
     async def _respond(self, send) -> None:
         try:
             generation = await self.service.start(self.job, self.t_arrival)
@@ -112,7 +139,7 @@ class GenerationResponse:
         r = self.renderer
         if not self.stream:
             try:
-                await generation.text()
+                outcome.text = "".join([text async for text in self._pieces(generation)])
             except Exception as e:
                 _log_unexpected(e)
                 await send_error(send, self.path, as_api_error(e))
@@ -128,7 +155,7 @@ class GenerationResponse:
             await send({"type": "http.response.body", "body": head, "more_body": True})
         parts = []
         try:
-            async for text in generation.pieces():
+            async for text in self._pieces(generation):
                 parts.append(text)
                 await send({"type": "http.response.body", "body": r.stream_piece(text), "more_body": True})
             outcome.text = "".join(parts)

@@ -79,7 +79,7 @@ class GenerationService:
         model = lease.model
         outcome = GenerationOutcome(model=job.model, load_s=lease.load_wait_s,
                                     queued_s=time.perf_counter() - t_queue,
-                                    dropped_messages=prepared.dropped_messages)
+                                    dropped_messages=prepared.dropped_messages, truncated=prepared.truncated)
         try:
             handle = model.engine.submit(prepared.request)
         except BaseException:
