@@ -73,11 +73,14 @@ class TokenStream:
         except BaseException as e:  # handed to the consumer
             self._push(_Failure(e))
         finally:
-            self._push(_END)
+            # Release (lease, metrics) before the consumer can see the end: callbacks run
+            # in order, so a client that gets its response and asks /metrics at once
+            # already finds this generation counted.
             try:
                 self._loop.call_soon_threadsafe(self._done)
             except RuntimeError:  # the loop is gone (shutdown): nothing left to release
                 pass
+            self._push(_END)
 
     def _push(self, item) -> None:
         with self._lock:

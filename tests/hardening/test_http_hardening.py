@@ -12,6 +12,8 @@ import socket
 import httpx
 import pytest
 
+from localllm.server.errors import LLAMA_SERVER_PATHS
+
 from tests.hardening.conftest import start_serve
 
 
@@ -193,6 +195,7 @@ def test_fuzz_random_json_at_every_endpoint(served, stories_path):
             assert r.status_code < 500 or r.status_code == 503, (path, body, r.status_code, r.text[:300])
             if r.status_code >= 400 and r.headers.get("content-type", "").startswith("application/json"):
                 error = r.json()["error"]
-                assert isinstance(error, dict) if path.startswith("/v1") else isinstance(error, str)
+                as_object = path.startswith("/v1") or path in LLAMA_SERVER_PATHS  # OpenAI's, llama-server's
+                assert isinstance(error, dict) if as_object else isinstance(error, str)
     assert served.alive() and served.health()["status"] == "ok"
     assert statuses.get(200, 0) > 10 and sum(n for s, n in statuses.items() if 400 <= s < 500) > 100, statuses
