@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,9 @@ class LoadedModel:
     settings: Settings | None = None  # threads and context size for the embedding context
     _embeddings: object = field(default=None, repr=False)  # EmbeddingRunner, opened on first use
     _embeddings_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Threads using the model outside its engine (preparing a prompt): `close` waits for them.
+    _users: int = field(default=0, repr=False)
+    _users_changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     @property
     def info(self) -> ModelInfo:
@@ -134,7 +138,23 @@ class LoadedModel:
                 self._embeddings = EmbeddingRunner(embedder)
             return self._embeddings
 
+    @contextmanager
+    def in_use(self):
+        """Hold the model open while a thread uses its vocabulary or template: `close`
+        waits until every holder has left, so nothing frees the model under it."""
+        with self._users_changed:
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._users_changed:
+                self._users -= 1
+                self._users_changed.notify_all()
+
     def close(self) -> None:
+        with self._users_changed:
+            while self._users:
+                self._users_changed.wait()
         with self._embeddings_lock:
             if self._embeddings is not None:  # its context uses the backend's model: first
                 self._embeddings.close()

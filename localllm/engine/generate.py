@@ -37,15 +37,28 @@ def check_fits(n_prompt: int, n_ctx: int) -> None:
         )
 
 
-def prefill(backend: Backend, cache: Cache, prompt: list[int]):
-    """Bring `cache` to hold `prompt` and return (logits of its last position, tokens reused)."""
+# Prefill runs in steps of this many tokens at most, so a request cancelled during a long
+# prompt stops within one step instead of after the whole prompt.
+PREFILL_STEP = 512
+
+
+def prefill(backend: Backend, cache: Cache, prompt: list[int], cancelled: Callable[[], bool] = lambda: False):
+    """Bring `cache` to hold `prompt` and return (logits of its last position, tokens
+    reused); (None, tokens reused) when `cancelled` turned true between steps."""
     n_cached = common_prefix_length(cache.tokens, prompt)
     if n_cached == len(prompt):  # fully cached: recompute the last position for its logits
         n_cached -= 1
     if not backend.cache_capability(cache).allows(n_cached):
         n_cached = 0  # e.g. a sliding window that no longer holds the keys before the cut
     backend.trim(cache, n_cached)
-    return backend.forward(prompt[n_cached:], cache), n_cached
+    step = max(PREFILL_STEP, getattr(backend, "n_batch", PREFILL_STEP))
+    start = n_cached
+    while len(prompt) - start > step:
+        backend.forward(prompt[start:start + step], cache)
+        start += step
+        if cancelled():
+            return None, n_cached
+    return backend.forward(prompt[start:], cache), n_cached
 
 
 def generate(
@@ -59,8 +72,11 @@ def generate(
     stats = GenerationStats(backend=backend.name, prompt_tokens=len(prompt))
     clock = time.perf_counter
     t_start = clock()
-    logits, stats.cached_tokens = prefill(backend, cache, prompt)
+    logits, stats.cached_tokens = prefill(backend, cache, prompt, cancelled)
     stats.prefill_s = clock() - t_start
+    if logits is None:  # cancelled during a long prefill
+        yield GenerationChunk("", None, finish_reason="cancelled", stats=stats)
+        return
     if request.max_tokens <= 0:  # prefill only: the cache now holds the prompt
         stats.peak_rss_bytes = peak_rss_bytes()
         yield GenerationChunk("", None, finish_reason="length", stats=stats)

@@ -6,13 +6,16 @@ CPU work the event loop must not wait on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from dataclasses import dataclass
 
 from localllm.errors import ContextOverflowError, UserError
 from localllm.server.errors import BadRequest
 from localllm.server.fim import InfillBudget, infill_tokens
 from localllm.server.jobs import ChatPrompt, GenerationJob, InfillPrompt, MixedPrompt, TextPrompt, TokenPrompt
+from localllm.tokenizer.cancel import cancel_scope
 from localllm.types import GenerationRequest, Message
 
 
@@ -103,14 +106,22 @@ def check_context(job: GenerationJob, n_prompt: int, n_ctx: int) -> None:
             param=job.max_tokens_param, code="context_length_exceeded")
 
 
-def prepare(model, job: GenerationJob) -> PreparedPrompt:
-    """Tokens and the engine request for `job` on `model`, or a 400."""
+def _using(model):
+    """The model's own in-use hold where it has one (`LoadedModel.in_use`)."""
+    in_use = getattr(model, "in_use", None)
+    return in_use() if in_use is not None else contextlib.nullcontext()
+
+
+def prepare(model, job: GenerationJob, cancel: threading.Event | None = None) -> PreparedPrompt:
+    """Tokens and the engine request for `job` on `model`, or a 400. Setting `cancel`
+    (the client left) stops the template and the tokenizer at their next check."""
     truncated = False
     try:
-        if isinstance(job.prompt, InfillPrompt):
-            (tokens, truncated), dropped = infill_prompt(model, job), 0
-        else:
-            tokens, dropped = prompt_tokens(model, job)
+        with cancel_scope(cancel), _using(model):
+            if isinstance(job.prompt, InfillPrompt):
+                (tokens, truncated), dropped = infill_prompt(model, job), 0
+            else:
+                tokens, dropped = prompt_tokens(model, job)
     except ContextOverflowError as e:
         raise BadRequest(str(e), code="context_length_exceeded") from None
     except UserError as e:  # a template that refuses these messages, say

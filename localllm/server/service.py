@@ -6,6 +6,7 @@ it when the engine is done with the request, whether it finished, failed or was 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from localllm.server.admission import Admission
@@ -45,6 +46,15 @@ class RunningGeneration:
             self.stream.cancel()
 
 
+def _release_when_done(future: asyncio.Future, lease, job: GenerationJob) -> None:
+    def release(f: asyncio.Future) -> None:
+        if not f.cancelled():
+            f.exception()  # retrieved: an abandoned request's error has nobody to go to
+        lease.release(job.keep_alive_s, job.keep_alive_given)
+
+    future.add_done_callback(release)
+
+
 class GenerationService:
     def __init__(self, models: ModelManager, metrics: ServerMetrics, admission: Admission):
         self.models = models
@@ -61,15 +71,24 @@ class GenerationService:
             raise
         started = False
         lease = None
+        preparing = None  # the worker thread's future while it renders and tokenizes
+        cancel = threading.Event()
         try:
             lease = await self.models.acquire(job.model)
-            prepared = await asyncio.to_thread(prepare, lease.model, job)
+            preparing = asyncio.get_running_loop().run_in_executor(None, prepare, lease.model, job, cancel)
+            prepared = await asyncio.shield(preparing)
             t_queue = time.perf_counter()
             await lease.slot.gate.enter()
             started = True
         except BaseException as e:
             if lease is not None:
-                lease.release(job.keep_alive_s, job.keep_alive_given)
+                if preparing is not None and not preparing.done():
+                    # Abandoned while its prompt is being prepared: the thread still uses
+                    # the model, so the lease (and the model) lives until it stops.
+                    cancel.set()
+                    _release_when_done(preparing, lease, job)
+                else:
+                    lease.release(job.keep_alive_s, job.keep_alive_given)
             if isinstance(e, APIError):
                 self.metrics.rejected.inc(reason="invalid" if e.status < 500 else "error")
             raise

@@ -40,6 +40,7 @@ from functools import cached_property
 from typing import Any, Callable, Sequence
 
 from localllm.errors import UserError
+from localllm.tokenizer.cancel import check_cancelled
 from localllm.tokenizer.protocol import Tokenizer, token_text_or_empty
 from localllm.tokenizer.templates import (
     OVERRIDE_HINT,
@@ -132,6 +133,7 @@ class ChatPrompter:
     # -- tokens --------------------------------------------------------------------------
 
     def encode(self, messages: Sequence[Message], add_generation_prompt: bool = True, **extra: Any) -> list[int]:
+        check_cancelled()  # the overflow policy encodes shorter and shorter chats: stop between them
         tok = self.tokenizer
         if self._template is None:
             ids = self._plain(BASE_MODEL_SEPARATOR.join(m.content for m in messages))
@@ -206,6 +208,7 @@ class ChatPrompter:
         pieces.append(("".join(parsed), True))
         ids: list[int] = []
         for text, special in pieces:
+            check_cancelled()  # a client that left stops its tokenizing here
             if text:
                 ids += tok.encode(text, add_bos=False, special=True) if special else self._plain(text)
         if [t for t in ids if self._is_markup_token(t)] == expected:
@@ -213,6 +216,7 @@ class ChatPrompter:
         # Safe by construction: each content alone, as plain text.
         ids = []
         for text, is_content in segments:
+            check_cancelled()
             if text:
                 ids += self._plain(text) if is_content else tok.encode(text, add_bos=False, special=True)
         return ids
