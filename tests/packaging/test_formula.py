@@ -107,7 +107,8 @@ def pyproject_requirements() -> list:
 def test_the_lock_holds_exactly_pyprojects_dependencies_at_allowed_versions():
     required = {generator.normalize(r.name): r for r in pyproject_requirements()}
     direct = {name for name, p in LOCK.packages.items() if p.direct}
-    stale = "pyproject.toml's dependencies changed: run `python packaging/lock.py` and regenerate the formula"
+    stale = ("pyproject.toml's dependencies changed: run `pip install -e '.[lock]' && python packaging/lock.py && "
+             "python packaging/homebrew/generate_formula.py` and commit both files (packaging/README.md)")
     assert direct == set(required), f"{stale} (lock: {sorted(direct ^ set(required))})"
     for name, requirement in required.items():
         assert requirement.specifier.contains(LOCK.packages[name].version, prereleases=True), f"{name}: {stale}"
