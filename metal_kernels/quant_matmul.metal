@@ -8,7 +8,8 @@
 // lane dequantizes a unit once per weight row and dots it with all M rows of x, so the
 // weights are read once whatever M is. Partial sums meet in one simd_sum per (row, m).
 // Alignment: Q6_K and Q8_0 blocks (210 and 34 bytes) are only 2-byte aligned, so blocks
-// are read as bytes and halves, never wider words.
+// are read as bytes and halves, never wider words. Static data members are declared
+// `constant` (Metal keeps program-scope data in that address space; MLX's STEEL_CONST).
 //
 // === header ===
 constant constexpr int ROWS = 2;               // output rows per SIMD group
@@ -17,8 +18,8 @@ constant constexpr int UNIT = 16;              // weights a lane dequantizes at 
 
 // Q8_0: {half d; int8 qs[32]}, w = d * q.
 struct BlockQ8_0 {
-  static constexpr int VALUES = 32;
-  static constexpr int BYTES = 34;
+  static constant constexpr int VALUES = 32;
+  static constant constexpr int BYTES = 34;
   static void dequant(const device uint8_t* block, int unit, thread float* w) {
     float d = float(*(const device half*)block);
     const device int8_t* qs = (const device int8_t*)(block + 2) + unit * UNIT;
@@ -41,8 +42,8 @@ inline void q4k_scale_min(int j, const device uint8_t* s, thread int& sc, thread
 }
 
 struct BlockQ4_K {
-  static constexpr int VALUES = 256;
-  static constexpr int BYTES = 144;
+  static constant constexpr int VALUES = 256;
+  static constant constexpr int BYTES = 144;
   // A unit: 8 bytes of group g at byte offset o: 8 low nibbles, then 8 high nibbles.
   static void dequant(const device uint8_t* block, int unit, thread float* w) {
     int g = unit / 4;
@@ -70,8 +71,8 @@ struct BlockQ4_K {
 // nibble of ql[64n + l + 32 (k & 1)] and bits 2k, 2k+1 of qh[32n + l]; w = (d * sc) * (q - 32)
 // with one scale per 16 values.
 struct BlockQ6_K {
-  static constexpr int VALUES = 256;
-  static constexpr int BYTES = 210;
+  static constant constexpr int VALUES = 256;
+  static constant constexpr int BYTES = 210;
   // A unit: l = l0 .. l0+3 of half n, for each k.
   static void dequant(const device uint8_t* block, int unit, thread float* w) {
     int n = unit / 8;
