@@ -1,7 +1,7 @@
-"""The MLX path wired to the Metal kernels, with the emulator standing in for the GPU
-(this machine has none): `metal_kernels()` of both ops hands out emulator-built kernels,
-so the loader keeps Q4_K/Q6_K/Q8_0 tensors in GGUF block layout and the 8-bit KV cache
-is attended by the kernel, exactly as on a Mac. Logits are held to the MLX path's own
+"""The MLX path wired to the Metal kernels: on a Mac with real Metal (marker `metal`), and
+here with the emulator standing in for the GPU: `metal_kernels()` of both ops hands out
+emulator-built kernels, so the loader keeps Q4_K/Q6_K/Q8_0 tensors in GGUF block layout
+and the 8-bit KV cache is attended by the kernel, as on a Mac. Logits are held to the MLX path's own
 tolerances against the float64 numpy reference (tests/models): 1e-5 x the largest |logit|
 with a float32 cache, 2e-2 with the 8-bit one (where the kernel must also match the
 non-kernel 8-bit path closely: both read the same quantized cache)."""
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import models_dir, require_model
-from tests.kernels.kernel_checks import emulator_factory
+from tests.kernels.kernel_checks import KERNEL_TARGETS, emulator_factory, metal_factory
 
 PROMPT = [1, 403, 47, 290, 11, 88, 402, 7, 301, 35]
 
@@ -30,10 +30,14 @@ def test_models(tmp_path_factory):
     return build
 
 
-@pytest.fixture
-def emulated_metal(monkeypatch):
+@pytest.fixture(params=KERNEL_TARGETS)
+def emulated_metal(request, monkeypatch):
     from localllm.metal_kernels import quant_matmul, sdpa_decode
 
+    if request.param == "metal":
+        metal_factory()  # skips without Metal
+        assert quant_matmul.metal_kernels() is not None and sdpa_decode.metal_kernels() is not None
+        return
     factory = emulator_factory()
     matmul, attention = quant_matmul.QuantMatmulKernels(factory), sdpa_decode.DecodeAttentionKernels(factory)
     monkeypatch.setattr(quant_matmul, "metal_kernels", lambda: matmul)
