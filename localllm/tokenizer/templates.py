@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jinja2
 from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from localllm.errors import UserError
 
@@ -64,9 +64,60 @@ class _GenerationBlock(Extension):
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
 
+# What one arithmetic step of a template may build: templates format chats, so numbers of
+# thousands of digits and strings or lists of millions of items are an attack
+# (`{{ 10**(10**10) }}` held the GIL, and so the whole server, for ever).
+MAX_INT_BITS = 4096
+MAX_SEQUENCE_ITEMS = 1 << 22
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox with a size limit on what `**`, `*` and `+` may produce."""
+
+    intercepted_binops = frozenset({"**", "*", "+"})
+
+    def call_binop(self, context, operator: str, left, right):
+        if operator == "**":
+            _check_power(left, right)
+            return left ** right
+        if operator == "*":
+            _check_product(left, right)
+            return left * right
+        _check_sum(left, right)
+        return left + right
+
+
+def _too_big(what: str) -> SecurityError:
+    return SecurityError(f"the template builds {what}, beyond what a chat template may")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_power(base, exponent) -> None:
+    if _is_int(base) and _is_int(exponent) and exponent > 0 and abs(base) > 1:
+        if exponent * abs(base).bit_length() > MAX_INT_BITS:
+            raise _too_big(f"a number of more than {MAX_INT_BITS} bits")
+
+
+def _check_product(left, right) -> None:
+    for seq, n in ((left, right), (right, left)):
+        if isinstance(seq, (str, list, tuple)) and _is_int(n) and len(seq) * n > MAX_SEQUENCE_ITEMS:
+            raise _too_big(f"a sequence of more than {MAX_SEQUENCE_ITEMS} items")
+    if _is_int(left) and _is_int(right) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+        raise _too_big(f"a number of more than {MAX_INT_BITS} bits")
+
+
+def _check_sum(left, right) -> None:
+    if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+        if len(left) + len(right) > MAX_SEQUENCE_ITEMS:
+            raise _too_big(f"a sequence of more than {MAX_SEQUENCE_ITEMS} items")
+
+
 @lru_cache(maxsize=1)
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationBlock]
     )
     env.filters["tojson"] = _tojson
@@ -88,47 +139,67 @@ class ChatTemplate:
         self.source = source
         self.model_name = model_name
         self._clock = clock
-        self._template: jinja2.Template | None = None
         self.error: ChatTemplateError | None = None
-        try:
-            self._template = _environment().from_string(source)
+        try:  # parsed here for a clear error at load time; compiled and run in the sandbox process
+            _environment().parse(source)
         except jinja2.TemplateSyntaxError as e:
             self.error = ChatTemplateError(
                 f"the chat template of {self._whose()} is broken (line {e.lineno}: {_one_line(e.message or e)}): "
                 f"{OVERRIDE_HINT}"
             )
+        except (RecursionError, MemoryError):
+            self.error = ChatTemplateError(f"the chat template of {self._whose()} nests too deeply to be read: "
+                                           f"{OVERRIDE_HINT}")
 
     def _whose(self) -> str:
         return self.model_name or "this model"
 
-    def _strftime_now(self, fmt: str) -> str:
-        return self._clock().strftime(fmt)
-
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
                bos_token: str = "", eos_token: str = "", tools: Sequence[Mapping] | None = None,
                **extra: Any) -> str:
-        """The prompt text for `messages` (dicts with at least "role" and "content")."""
-        if self._template is None:
-            raise self.error  # type: ignore[misc]
+        """The prompt text for `messages` (dicts with at least "role" and "content").
+        Rendered in a separate process under a time, memory and size budget
+        (`template_sandbox`), so a hostile template cannot hold this process."""
+        from localllm.tokenizer.template_sandbox import SandboxFailure, render_sandboxed
+
+        if self.error is not None:
+            raise self.error
+        context = dict(
+            messages=[dict(m) for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            tools=list(tools) if tools is not None else None,
+            **extra,
+        )
         try:
-            return self._template.render(
-                messages=[dict(m) for m in messages],
-                add_generation_prompt=add_generation_prompt,
-                bos_token=bos_token,
-                eos_token=eos_token,
-                tools=list(tools) if tools is not None else None,
-                strftime_now=self._strftime_now,
-                **extra,
-            )
-        except _Raised as e:
-            raise ChatTemplateRefused(
-                f"the chat template of {self._whose()} refused this conversation ({_one_line(e)}): "
-                f"change the messages, or {OVERRIDE_HINT}"
-            ) from None
-        except Exception as e:  # TemplateError, SecurityError, TypeError from the template's own code
-            raise ChatTemplateError(
-                f"the chat template of {self._whose()} failed ({type(e).__name__}: {_one_line(e)}): {OVERRIDE_HINT}"
-            ) from None
+            return render_sandboxed(self.source, context, self._clock())
+        except SandboxFailure as e:
+            if e.kind == "raised":
+                raise ChatTemplateRefused(
+                    f"the chat template of {self._whose()} refused this conversation ({_one_line(e.detail)}): "
+                    f"change the messages, or {OVERRIDE_HINT}"
+                ) from None
+            raise ChatTemplateError(f"the chat template of {self._whose()} {e.detail}: {OVERRIDE_HINT}") from None
+
+
+def render_in_process(source: str, context: dict, now: datetime.datetime, max_chars: int) -> str:
+    """Render `source` here (the sandbox process calls this). Raises _Raised for
+    raise_exception, OverflowError when the output passes `max_chars`, anything else for
+    the template's own errors."""
+    template = _compiled(source)
+    parts, size = [], 0
+    for piece in template.generate(strftime_now=now.strftime, **context):
+        size += len(piece)
+        if size > max_chars:
+            raise OverflowError(f"the template wrote more than {max_chars:,} characters")
+        parts.append(piece)
+    return "".join(parts)
+
+
+@lru_cache(maxsize=16)
+def _compiled(source: str) -> jinja2.Template:
+    return _environment().from_string(source)
 
 
 def load_template_file(path: str | Path) -> str:
@@ -157,6 +228,8 @@ def load_template_file(path: str | Path) -> str:
         raise UserError(
             f"--chat-template {path}: not a valid Jinja template (line {e.lineno}: {_one_line(e.message or e)})"
         ) from None
+    except (RecursionError, MemoryError):
+        raise UserError(f"--chat-template {path}: nests too deeply to be read as a Jinja template") from None
     return text
 
 
