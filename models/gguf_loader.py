@@ -1,10 +1,12 @@
 """Read a GGUF file into MLX weights: metadata plus every tensor repacked.
 
-The file is memory-mapped (`gguf.GGUFReader`) and never held twice: each tensor is
+The file is memory-mapped and never held twice: each tensor is
 repacked from the mapping, then its pages are dropped from this process's resident set
 (`madvise(MADV_DONTNEED)`; a read-only file mapping refetches from the page cache if
-touched again), so peak RSS while loading is the repacked weights plus one tensor's
-temporaries, not the file plus the weights.
+touched again), and repacked arrays are written in place into MLX's buffers, so peak
+RSS while loading is the repacked weights plus one row chunk's temporaries, not the file
+plus the weights. The header is read by `localllm.formats.gguf` (`gguf.GGUFReader` makes
+a numpy object per vocabulary string: 150 MB of them for a 49k-token vocabulary).
 """
 
 from __future__ import annotations
@@ -44,24 +46,9 @@ class GGUFWeights:
         return total
 
 
-def read_metadata(reader, max_array: int = 64) -> dict:
-    """Scalars and arrays of at most `max_array` items (token lists are skipped)."""
-    meta = {}
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if len(f.data) > max_array:
-            continue
-        try:
-            meta[key] = f.contents()
-        except Exception:  # an odd field type: the models never read it
-            continue
-    return meta
-
-
-def _drop_pages(mapping: mmap.mmap | None, start: int, length: int) -> None:
+def _drop_pages(mapping: mmap.mmap, start: int, length: int) -> None:
     advice = getattr(mmap, "MADV_DONTNEED", None)
-    if mapping is None or advice is None or length <= 0:
+    if advice is None or length <= 0:
         return
     lo = start // _PAGE * _PAGE
     try:
@@ -77,42 +64,48 @@ def blocks_by_default() -> bool:
     return metal_kernels() is not None
 
 
+def _tensor_view(mapping: mmap.mmap, offset: int, shape: tuple[int, ...], qtype) -> np.ndarray:
+    """The tensor's bytes in the mapping, as gguf's dequantizer expects them: float
+    elements for F32/F16, raw bytes [rows, bytes per row] otherwise (BF16 included)."""
+    from gguf import GGMLQuantizationType as T
+    from gguf.constants import GGML_QUANT_SIZES
+
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    n = int(np.prod(shape))
+    nbytes = n // block * type_size
+    if qtype in (T.F32, T.F16):
+        dtype = np.float32 if qtype == T.F32 else np.float16
+        return np.frombuffer(mapping, dtype=dtype, count=n, offset=offset).reshape(shape)
+    raw = np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=offset)
+    return raw.reshape(*shape[:-1], shape[-1] // block * type_size)
+
+
 def load_gguf(path: str | os.PathLike, wanted=None, keep_blocks: bool | None = None) -> GGUFWeights:
     """Load every tensor (or those whose name `wanted(name)` accepts). `keep_blocks`
     (default: on Metal) keeps the types the Metal kernels read in block layout."""
-    import gguf
+    from gguf import GGMLQuantizationType
+
+    from localllm.formats.gguf import read_header, tensor_nbytes
 
     if keep_blocks is None:
         keep_blocks = blocks_by_default()
     path = Path(path)
-    try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except (ValueError, OSError) as e:
-        raise ModelFileError(f"{path}: cannot read this GGUF file ({e}): download it again") from None
-    out = GGUFWeights(path, read_metadata(reader))
-    mapping = getattr(reader.data, "_mmap", None)
-    try:
-        for t in reader.tensors:
-            if wanted is not None and not wanted(t.name):
+    meta, tensors = read_header(path)  # long arrays (the vocabulary) are skipped, not decoded
+    data_start = meta.pop("_data_start")
+    out = GGUFWeights(path, meta)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+        for name, gguf_shape, ggml_type, offset in tensors:
+            if wanted is not None and not wanted(name):
                 continue
-            shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
+            qtype = GGMLQuantizationType(ggml_type)
+            shape = tuple(int(d) for d in reversed(gguf_shape))  # GGUF lists dims innermost first
+            start = data_start + offset
             try:
-                weight = repack(t.data, t.tensor_type, shape, t.name, keep_blocks=keep_blocks)
+                weight = repack(_tensor_view(mapping, start, shape, qtype), qtype, shape, name, keep_blocks=keep_blocks)
             except UnsupportedTensorType as e:
                 raise ModelFileError(f"{path}: {e}") from None
             mx.eval(*(weight_arrays(weight) if not isinstance(weight, mx.array) else [weight]))
-            out.tensors[t.name] = weight
-            out.file_types[t.name] = t.tensor_type.name
-            _drop_pages(mapping, int(t.data_offset), int(t.n_bytes))
-    finally:
-        del reader
+            out.tensors[name] = weight
+            out.file_types[name] = qtype.name
+            _drop_pages(mapping, start, tensor_nbytes(gguf_shape, ggml_type))
     return out
-
-
-def metadata_array(path: str | os.PathLike, key: str) -> list | None:
-    """One (possibly long) metadata array, e.g. a per-layer pattern."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path), "r")
-    f = reader.fields.get(key)
-    return None if f is None else list(np.atleast_1d(f.contents()))

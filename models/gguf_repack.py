@@ -30,8 +30,8 @@ from localllm.models.weights import AffineWeight, BlockWeight, DenseWeight, Summ
 
 GROUP = 32
 QK_K = 256
-# Weights handled per chunk (bounds numpy temporaries to some tens of MB).
-CHUNK_WEIGHTS = 1 << 21
+# Weights handled per chunk: bounds the numpy temporaries to a few MB.
+CHUNK_WEIGHTS = 1 << 19
 # The converted (inexact) types and the bits they are requantized to.
 CONVERTED_BITS = {T.Q2_K: 4, T.Q3_K: 4}
 
@@ -149,21 +149,27 @@ DECODERS = {
 }
 
 
+def mlx_buffer(shape: tuple[int, ...], dtype) -> tuple[mx.array, np.ndarray]:
+    """A new MLX array and a writable numpy view of its memory, to fill chunk by chunk
+    without a second full-size copy (np.empty's pages are not touched by the copy-in)."""
+    arr = mx.array(np.empty(shape, dtype=dtype))
+    mx.eval(arr)
+    view = np.asarray(arr)
+    assert view.flags.writeable
+    return arr, view
+
+
 def _row_chunks(rows: int, n: int):
     step = max(1, CHUNK_WEIGHTS // max(n, 1))
     for lo in range(0, rows, step):
         yield lo, min(rows, lo + step)
 
 
-def _affine(packed, scales, biases, bits) -> AffineWeight:
-    return AffineWeight(mx.array(packed), mx.array(scales), mx.array(biases), bits, GROUP)
-
-
 def _repack_exact(data: np.ndarray, qtype: T, n: int) -> AffineWeight:
     decode, bits, scale_dtype = DECODERS[qtype]
     block, type_size = gguf_quants.GGML_QUANT_SIZES[qtype]
     rows = data.shape[0]
-    packed = np.empty((rows, n * bits // 32), dtype=np.uint32)
+    w, packed = mlx_buffer((rows, n * bits // 32), np.uint32)
     scales = np.empty((rows, n // GROUP), dtype=np.float32)
     biases = np.empty((rows, n // GROUP), dtype=np.float32)
     for lo, hi in _row_chunks(rows, n):
@@ -174,7 +180,7 @@ def _repack_exact(data: np.ndarray, qtype: T, n: int) -> AffineWeight:
         biases[lo:hi] = b.reshape(hi - lo, -1)
     if scale_dtype == np.float16 and np.isfinite(biases.astype(np.float16)).all():
         scales, biases = scales.astype(np.float16), biases.astype(np.float16)
-    return _affine(packed, scales, biases, bits)
+    return AffineWeight(w, mx.array(scales), mx.array(biases), bits, GROUP)
 
 
 def _repack_q6_k(data: np.ndarray, n: int) -> SummedWeight:
@@ -182,9 +188,8 @@ def _repack_q6_k(data: np.ndarray, n: int) -> SummedWeight:
     sub-block 1; the other half sits at the zero point (q=32, bias -32*scale)."""
     type_size = gguf_quants.GGML_QUANT_SIZES[T.Q6_K][1]
     rows = data.shape[0]
-    halves = [
-        (np.empty((rows, n * 6 // 32), np.uint32), np.empty((rows, n // GROUP), np.float32)) for _ in range(2)
-    ]
+    buffers = [mlx_buffer((rows, n * 6 // 32), np.uint32) for _ in range(2)]
+    halves = [(view, np.empty((rows, n // GROUP), np.float32)) for _, view in buffers]
     for lo, hi in _row_chunks(rows, n):
         q, scale16 = _q6_k_parts(np.ascontiguousarray(data[lo:hi]).reshape(-1, type_size))
         q = q.reshape(hi - lo, n // GROUP, 2, 16)
@@ -194,7 +199,9 @@ def _repack_q6_k(data: np.ndarray, n: int) -> SummedWeight:
             mine[:, :, half] = q[:, :, half]
             packed[lo:hi] = pack_bits(mine.reshape(hi - lo, n), 6)
             scales[lo:hi] = scale16[:, :, half]
-    return SummedWeight(tuple(_affine(p, s, -32 * s, 6) for p, s in halves))
+    return SummedWeight(tuple(
+        AffineWeight(w, mx.array(s), mx.array(-32 * s), 6, GROUP) for (w, _), (_, s) in zip(buffers, halves)
+    ))
 
 
 def requantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,13 +219,13 @@ def requantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, n
 def _repack_converted(data: np.ndarray, qtype: T, n: int) -> AffineWeight:
     bits = CONVERTED_BITS[qtype]
     rows = data.shape[0]
-    packed = np.empty((rows, n * bits // 32), dtype=np.uint32)
+    w, packed = mlx_buffer((rows, n * bits // 32), np.uint32)
     scales = np.empty((rows, n // GROUP), dtype=np.float32)
     biases = np.empty((rows, n // GROUP), dtype=np.float32)
     for lo, hi in _row_chunks(rows, n):
         values = gguf_quants.dequantize(np.ascontiguousarray(data[lo:hi]), qtype).reshape(hi - lo, n)
         packed[lo:hi], scales[lo:hi], biases[lo:hi] = requantize(values, bits)
-    return _affine(packed, scales, biases, bits)
+    return AffineWeight(w, mx.array(scales), mx.array(biases), bits, GROUP)
 
 
 def _dense(data: np.ndarray, qtype: T) -> mx.array:

@@ -17,10 +17,11 @@ from localllm.backend.preflight import check_memory
 from localllm.backend.protocol import Backend, BackendLoader
 from localllm.config import Settings
 from localllm.cpu_backend.loader import LOADER as LLAMACPP_LOADER
-from localllm.errors import BackendUnavailableError
+from localllm.errors import BackendUnavailableError, ModelFileError
+from localllm.models.loader import LOADER as MLX_LOADER
 from localllm.tokenizer.protocol import Tokenizer
 
-BACKENDS: dict[str, BackendLoader] = {loader.name: loader for loader in (LLAMACPP_LOADER,)}
+BACKENDS: dict[str, BackendLoader] = {loader.name: loader for loader in (LLAMACPP_LOADER, MLX_LOADER)}
 
 # How a user knows each backend (messages name it this way).
 DISPLAY_NAMES = {"llamacpp": "llama.cpp", "mlx": "MLX"}
@@ -34,11 +35,26 @@ def is_apple_silicon() -> bool:
 
 
 def resolve_backend_name(requested: str) -> str:
-    """The backend `requested` means here ("auto" picks one)."""
+    """The backend `requested` means here, before a model is known ("auto" picks one)."""
     if requested == "auto":
         mlx = BACKENDS.get("mlx")
         return "mlx" if is_apple_silicon() and mlx is not None and mlx.unavailable_reason() is None else "llamacpp"
     return requested
+
+
+def choose_backend(requested: str, model_path: str) -> tuple[str, str | None]:
+    """(backend name, a one-line note or None) for loading `model_path`. `auto` takes
+    MLX on Apple Silicon when MLX can run this model (its architecture is in the MLX
+    table, its tensor types repack), llama.cpp otherwise, and says why in the note."""
+    name = resolve_backend_name(requested)
+    if requested != "auto" or name != "mlx" or Path(model_path).is_dir():
+        return name, None
+    try:
+        BACKENDS["mlx"].inspect(model_path)
+    except ModelFileError as e:
+        reason = str(e).split(": ", 1)[-1]
+        return "llamacpp", f"using llama.cpp for this model: the MLX path cannot run it ({reason})"
+    return "mlx", None
 
 
 def backend_loader(name: str) -> BackendLoader:
@@ -62,10 +78,13 @@ def warn_beyond_training(ctx_size: int, info) -> None:
               f"{Path(info.path).name} was trained on: text past that point may degrade", file=sys.stderr)
 
 
-def load_backend(model_path: str, settings: Settings, force: bool = False) -> Backend:
+def load_backend(model_path: str, settings: Settings, force: bool = False, notice=None) -> Backend:
     """Check the model file, check it fits in memory (unless `force`), then load it into
-    the backend the settings ask for."""
-    name = resolve_backend_name(settings.backend)
+    the backend the settings ask for. `notice(line)` hears why `auto` did not take the
+    platform's first choice (default: printed to stderr)."""
+    name, note = choose_backend(settings.backend, model_path)
+    if note:
+        (notice or _print_notice)(note)
     loader = backend_loader(name)
     info = loader.inspect(model_path)
     ctx_size = settings.ctx_size
@@ -76,6 +95,10 @@ def load_backend(model_path: str, settings: Settings, force: bool = False) -> Ba
     settings = replace(settings, ctx_size=ctx_size)
     check_memory(info, settings, loader.estimate_memory, force=force, gpu=name in GPU_BACKENDS)
     return loader.load(info, settings)
+
+
+def _print_notice(line: str) -> None:
+    print(f"localllm: {line}", file=sys.stderr)
 
 
 def load_gguf_vocabulary(path) -> Tokenizer:

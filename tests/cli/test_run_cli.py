@@ -139,10 +139,6 @@ def test_prompt_longer_than_context(stories_path):
     expect_error(r, "the prompt has", "context holds 64", "--ctx-size")
 
 
-def test_mlx_backend_says_it_is_not_available_yet(stories_path):
-    expect_error(run_cli("run", str(stories_path), "hi", "--backend", "mlx"), "MLX backend is not available")
-
-
 def test_bad_flag_values():
     expect_error(run_cli("run", "x.gguf", "hi", "--top-p", "2"), "--top-p")
     r = run_cli("run", "x.gguf", "hi", "--temperature", "warm")

@@ -17,13 +17,15 @@ import numpy as np
 
 
 class ReferenceModel:
-    def __init__(self, path):
+    def __init__(self, path, weight_dtype=np.float64):
+        """`weight_dtype=np.float32` halves the memory (the dequantized values are exact
+        in float32); the arithmetic stays float64 either way."""
         r = gguf.GGUFReader(str(path))
         self.meta = {k: f.contents() for k, f in r.fields.items() if len(f.data) <= 64 and not k.startswith("GGUF.")}
         self.w = {}
         for t in r.tensors:
             shape = tuple(int(d) for d in reversed(t.shape))
-            self.w[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float64)
+            self.w[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(weight_dtype)
         a = self.arch = self.meta["general.architecture"]
         m = lambda k, d=None: self.meta.get(f"{a}.{k}", d)  # noqa: E731
         self.dim, self.n_layers = m("embedding_length"), m("block_count")
@@ -89,7 +91,7 @@ class ReferenceModel:
 
     def logits(self, tokens) -> np.ndarray:
         """[len(tokens), vocab] float64."""
-        h = self.w["token_embd.weight"][np.asarray(tokens)]
+        h = self.w["token_embd.weight"][np.asarray(tokens)].astype(np.float64)
         gemma = self.arch == "gemma3"
         if gemma:
             h = h * math.sqrt(self.dim)
@@ -105,13 +107,3 @@ class ReferenceModel:
                 f = self._norm(f, self.w[p + "post_ffw_norm.weight"])
             h = h + f
         return self._norm(h, self.w["output_norm.weight"]) @ self.output.T
-
-    def greedy(self, prompt, n: int) -> tuple[list[int], list[float]]:
-        """n greedy tokens after `prompt`, and the margin (top1 - top2 logit) of each."""
-        tokens, margins = list(prompt), []
-        for _ in range(n):
-            row = self.logits(tokens)[-1]
-            top2 = np.sort(row)[-2:]
-            margins.append(float(top2[1] - top2[0]))
-            tokens.append(int(row.argmax()))
-        return tokens[len(prompt):], margins

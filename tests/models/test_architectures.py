@@ -6,8 +6,8 @@ global every 6th layer), in F32 and llama.cpp quantizations.
 Tolerances (float32 MLX on the CPU, float32 KV cache): every logit within
 1e-5 x the largest |logit| of the reference (measured: at most 1.3e-6 x, i.e. 1e-4 on
 logits of magnitude 275). Greedy text: equal to the reference's for 32 tokens, except
-after a step where the reference's top two logits are within 1e-3 x the largest |logit|
-(a near-tie; the comparison stops there and at least the tokens before it must agree).
+from a step where the reference's top two logits are within 1e-4 x the largest |logit|
+(a near-tie: the comparison stops there; the tokens before it must agree).
 The reference itself is checked against llama.cpp on the F32 models (within 1e-3 x the
 largest |logit|: llama.cpp keeps an f16 KV cache), so both share llama.cpp's conventions.
 """
@@ -23,7 +23,7 @@ from localllm.models.architectures import architecture_module, load_gguf_model
 from tests.models.numpy_reference import ReferenceModel
 
 LOGIT_RTOL = 1e-5
-NEAR_TIE = 1e-3
+NEAR_TIE = 1e-4  # about 100x the largest MLX error measured
 PROMPT = [1, 403, 47, 290, 11, 88, 402, 7, 301, 35, 260, 499, 17, 3, 210, 77]
 
 CASES = [
@@ -90,14 +90,22 @@ def mlx_greedy(model, prompt, n):
 
 @pytest.mark.parametrize("shape,quant", [("llama-gqa8", "Q4_K_M"), ("qwen2", "Q8_0"), ("qwen3", "Q5_K_M"), ("gemma3", "Q6_K")])
 def test_greedy_text_equals_reference(build_model, shape, quant):
+    """MLX's 32 greedy tokens, checked by one reference pass over prompt + output: each
+    token must be the reference's argmax after the same prefix (so, by induction, the
+    reference's own greedy text), up to the first near-tie."""
     path = build_model(shape, quant)
-    ref_model = reference(path)
-    scale = np.abs(ref_model.logits(PROMPT[:4])).max()
-    want, margins = ref_model.greedy(PROMPT[:4], 32)
-    got = mlx_greedy(load_gguf_model(path)[0], PROMPT[:4], 32)
-    ties = [i for i, m in enumerate(margins) if m < NEAR_TIE * scale]
-    sure = ties[0] if ties else len(want)  # a near-tie step may go either way
-    assert got[:sure] == want[:sure]
+    prompt = PROMPT[:4]
+    got = mlx_greedy(load_gguf_model(path)[0], prompt, 32)
+    ref = reference(path).logits(prompt + got[:-1])[len(prompt) - 1 :]
+    tie = NEAR_TIE * np.abs(ref).max()
+    for step, (token, row) in enumerate(zip(got, ref)):
+        top2 = np.sort(row)[-2:]
+        if top2[1] - top2[0] < tie:
+            break  # either token is right here, and the texts may part from now on
+        assert token == int(row.argmax()), f"step {step}"
+    else:
+        step = len(got)
+    assert step >= 8, f"a near-tie at step {step} leaves too little compared: pick another prompt"
 
 
 @pytest.mark.slow
