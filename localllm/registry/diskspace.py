@@ -7,6 +7,7 @@ since they cannot fill a real one.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -51,3 +52,15 @@ def human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
     return f"{n} B"
+
+
+# What a write says when the disk (or the user's quota) is full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full_error(doing: str, where: Path) -> InsufficientDiskError:
+    """The one line for a disk that filled up while `doing` something in `where`."""
+    return InsufficientDiskError(
+        f"disk full while {doing} in {where}: what was written is kept and the next pull resumes from it; "
+        "free some space (`localllm rm` a model you no longer use) and pull again"
+    )

@@ -13,7 +13,6 @@ file waits, reporting the first one's progress, and then finds the blob admitted
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import threading
@@ -25,7 +24,8 @@ from typing import Callable
 import httpx
 
 from localllm.registry.entries import PullProgress
-from localllm.registry.errors import DigestMismatchError, HubUnavailableError, InsufficientDiskError, PullCancelled
+from localllm.registry.diskspace import DISK_FULL_ERRNOS, disk_full_error
+from localllm.registry.errors import DigestMismatchError, HubUnavailableError, PullCancelled
 from localllm.registry.hub import RETRYABLE_STATUS, HubClient
 from localllm.registry.store import ContentStore
 
@@ -192,11 +192,8 @@ def _transfer(hub, req, url, partial: Path, offset: int, hasher: _Hasher, progre
     except httpx.TransportError as e:
         raise _Retry(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise InsufficientDiskError(
-                f"the disk filled up while writing {req.path} into {partial.parent}: the partial download is kept; "
-                "free some space (`localllm rm` a model you no longer use) and pull again to resume"
-            ) from None
+        if e.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(f"writing {req.path}", partial.parent) from None
         raise
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from localllm.errors import ModelFileError
 from localllm.registry.details import gguf_facts, mlx_facts
-from localllm.registry.diskspace import check_disk
+from localllm.registry.diskspace import DISK_FULL_ERRNOS, check_disk, disk_full_error
 from localllm.registry.entries import ModelDetails, ModelEntry
 from localllm.registry.errors import InvalidModelNameError
 from localllm.registry.lookup import find_manifests, pick_format, preferred_format
@@ -139,7 +139,7 @@ def import_model(path, name: str, settings) -> ModelEntry:
     guard.acquire()
     tmp = store.partials / f"import-{uuid.uuid4().hex}.partial"
     try:
-        sha = _copy_hashing(src, tmp)
+        sha = _copy_hashing(src, tmp, store.root)
         if store.has_blob(sha, size):
             tmp.unlink()
         else:
@@ -159,15 +159,20 @@ def import_model(path, name: str, settings) -> ModelEntry:
     return entry_for(store, manifest)
 
 
-def _copy_hashing(src: Path, dst: Path) -> str:
-    dst.parent.mkdir(parents=True, exist_ok=True)
+def _copy_hashing(src: Path, dst: Path, root: Path) -> str:
     digest = hashlib.sha256()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while block := fin.read(8 << 20):
-            digest.update(block)
-            fout.write(block)
-        fout.flush()
-        os.fsync(fout.fileno())
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            while block := fin.read(8 << 20):
+                digest.update(block)
+                fout.write(block)
+            fout.flush()
+            os.fsync(fout.fileno())
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:  # the copy is removed by the caller; the original is untouched
+            raise disk_full_error(f"importing {src}", root) from None
+        raise
     return digest.hexdigest()
 
 

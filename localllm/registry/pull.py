@@ -19,7 +19,7 @@ from typing import Callable
 from localllm.registry.catalog import DEFAULT_QUANT, load_catalog
 from localllm.registry.download import BlobRequest, fetch_blob
 from localllm.registry.entries import ModelEntry, PullProgress
-from localllm.registry.diskspace import check_disk
+from localllm.registry.diskspace import DISK_FULL_ERRNOS, check_disk, disk_full_error
 from localllm.registry.errors import HubUnavailableError, ModelNotFoundError
 from localllm.registry.hub import HubClient, HubFile, RepoSnapshot, RetryPolicy
 from localllm.registry.lookup import preferred_format
@@ -147,9 +147,27 @@ def pull_model(
     """Pull `name` into the store and return its entry. Raises a UserError (with the
     fix) for unknown names, refused access, a full disk, a corrupted download or a
     hub that keeps failing; PullCancelled when `cancel` is set. Partials are kept."""
+    steps: list[str] = ["resolving"]
+
+    def report(p: PullProgress) -> None:
+        steps.append(p.status)
+        if on_progress is not None:
+            on_progress(p)
+
+    try:
+        return _pull_model(name, settings, report, cancel, prefer_format, retry)
+    except OSError as e:
+        # Whatever step the disk filled at (a partial, its fsync, a snapshot link, the
+        # manifest), what is on disk is resumable: partials are kept, blobs are whole,
+        # the manifest is written atomically or not at all.
+        if e.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(f"{steps[-1]} {name}", settings.models_dir) from None
+        raise
+
+
+def _pull_model(name: str, settings, report, cancel, prefer_format, retry) -> ModelEntry:
     from localllm.registry.inventory import entry_for
 
-    report = on_progress or (lambda p: None)
     report(PullProgress("resolving"))
     store = ContentStore(settings.models_dir)
     with HubClient(retry=retry) as hub:

@@ -80,6 +80,8 @@ class ChatApp(App):
         return self._chat_screen
 
     def on_mount(self) -> None:
+        if self.store.recovery_notice:
+            self.notify(self.store.recovery_notice, severity="warning", timeout=30)
         self.theme = self._fixed_theme or self.store.pref("theme", THEMES[0])
         self.call_after_refresh(self.choose_startup_model)
 

@@ -9,10 +9,13 @@ The store is used from the UI thread only; worker threads never touch it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from localllm.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -89,6 +92,23 @@ class StoredMessage:
     stats: dict = field(default_factory=dict)
 
 
+def _is_damage(e: sqlite3.DatabaseError) -> bool:
+    """A file that is not a database, or a malformed one (as opposed to one SQLite may
+    not write, or cannot open at all)."""
+    if isinstance(e, sqlite3.OperationalError):
+        return False  # read-only, locked, unable to open, disk full: nothing is damaged
+    return True
+
+
+def _unwritable(path: Path, e: BaseException) -> UserError:
+    return UserError(f"cannot use the conversations database {path} ({_one_line(e)}): check that it and its "
+                     "folder are writable and the disk has room, or set LOCALLLM_HOME to another folder")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(getattr(e, "strerror", None) or e).split())
+
+
 def title_from(text: str, limit: int = 40) -> str:
     """A conversation title from its first prompt: the first line, shortened."""
     line = " ".join(text.strip().split("\n", 1)[0].split())
@@ -98,20 +118,71 @@ def title_from(text: str, limit: int = 40) -> str:
 
 
 class ConversationStore:
-    """All conversations of one user. Call `close()` when done."""
+    """All conversations of one user. Call `close()` when done.
+
+    A damaged database (not SQLite, or failing SQLite's quick check) is moved aside,
+    kept under a `.damaged-<time>` name, and a fresh one started; `recovery_notice` then
+    says where the old one went. One that cannot be written (read-only, a full disk) is
+    a `UserError` saying so: nothing is moved or lost."""
 
     def __init__(self, path: Path, clock=time.time):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._clock = clock
-        self._db = sqlite3.connect(str(path), isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL under WAL survives an application crash; only power loss may drop the
-        # last transactions, which is the usual trade for not fsyncing every line.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self.recovery_notice: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as e:
+            if not _is_damage(e):
+                raise _unwritable(path, e) from None
+            aside = self._move_aside(path)
+            self.recovery_notice = (f"the conversations database was damaged ({_one_line(e)}): it is kept as "
+                                    f"{aside.name} and a new one was started")
+            try:
+                self._db = self._open(path)
+            except sqlite3.DatabaseError as again:
+                raise _unwritable(path, again) from None
+        except OSError as e:
+            raise _unwritable(path, e) from None
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL under WAL survives an application crash; only power loss may drop the
+            # last transactions, which is the usual trade for not fsyncing every line.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
+            db.executescript(SCHEMA)
+            # One real write now, so a read-only database is an error here, not at the first
+            # message of a chat.
+            db.execute("INSERT OR REPLACE INTO prefs(key, value) VALUES ('opened', ?)", (str(time.time()),))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self, path: Path) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock()))
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        try:
+            os.replace(path, aside)
+            for suffix in ("-wal", "-shm"):  # the damaged file's journal goes with it
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    os.replace(side, aside.with_name(aside.name + suffix))
+        except OSError as e:
+            raise _unwritable(path, e) from None
+        return aside
 
     @classmethod
     def in_home(cls, home: Path) -> "ConversationStore":
