@@ -57,6 +57,23 @@ def start_server(config, settings, *, loader=None, resolver=None) -> RunningServ
     return RunningServer(f"http://127.0.0.1:{port}", app, server, thread)
 
 
+def start_named_server(paths: dict, home: Path, **config) -> RunningServer:
+    """A server whose model names stand for the given files, without a registry."""
+    from localllm.errors import UserError
+    from localllm.runtime import load_model
+    from localllm.server.config import ServerConfig
+
+    def resolver(name, settings):
+        if name not in paths:
+            raise UserError(f"model '{name}' not found")
+        return paths[name]
+
+    def loader(name, settings):
+        return load_model(str(paths[name]), settings)
+
+    return start_server(ServerConfig(port=0, **config), server_settings(home), resolver=resolver, loader=loader)
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
     """Poll `predicate` until it is truthy; the timeout only bounds a failing test."""
     deadline = time.monotonic() + timeout

@@ -13,10 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from localllm.errors import UserError
-from localllm.server.config import ServerConfig
 from tests.conftest import run_cli
-from tests.server.conftest import server_settings, start_server, wait_until
+from tests.server.conftest import server_settings, start_named_server, wait_until
 
 TEXTS = ["Once upon a time there was a little cat.", "The dog ran to the park.",
          "Lily liked to play with her friends every day, and they sat on the mat."]
@@ -47,20 +45,8 @@ def reference(embedding_models):
 
 @pytest.fixture(scope="module")
 def embed_server(embedding_models, stories_path, tmp_path_factory):
-    paths = dict(embedding_models, stories=stories_path)
-
-    def resolver(name, settings):
-        if name not in paths:
-            raise UserError(f"model '{name}' not found")
-        return paths[name]
-
-    def loader(name, settings):
-        from localllm.runtime import load_model
-
-        return load_model(str(paths[name]), settings)
-
-    running = start_server(ServerConfig(port=0, max_loaded=3), server_settings(tmp_path_factory.mktemp("embed-home")),
-                           resolver=resolver, loader=loader)
+    running = start_named_server(dict(embedding_models, stories=stories_path), tmp_path_factory.mktemp("embed-home"),
+                                 max_loaded=3)
     yield running
     running.stop()
 
@@ -189,17 +175,18 @@ def test_litellm_embedding(embed_server, reference, monkeypatch):
 
 @pytest.mark.slow
 def test_embeddings_while_a_chat_streams_on_the_same_model(embed_server, http):
-    """SmolLM2 (with mean pooling) streams a long completion; embeddings of the same model
+    """SmolLM2 (with mean pooling) streams a long chat reply; embeddings of the same model
     are answered while that generation is still running, then the stream is dropped."""
     events: list[str] = []
     first = threading.Event()
     stop = threading.Event()
 
     def stream():
-        body = {"model": "smollm-mean", "prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0,
-                "stream": True, "logit_bias": {"0": -100, "2": -100}}  # no end of text: it keeps going
+        body = {"model": "smollm-mean", "messages": [{"role": "user", "content": "Tell me a long story."}],
+                "max_tokens": 900, "temperature": 0, "stream": True,
+                "logit_bias": {"0": -100, "2": -100}}  # no end of text or of turn: it keeps going
         try:
-            with httpx.stream("POST", embed_server.url + "/v1/completions", json=body, timeout=120) as r:
+            with httpx.stream("POST", embed_server.url + "/v1/chat/completions", json=body, timeout=120) as r:
                 events.append(f"status {r.status_code}")
                 for line in r.iter_lines():
                     if line.startswith("data: "):

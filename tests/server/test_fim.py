@@ -10,13 +10,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from localllm.errors import UserError
-from localllm.server.config import ServerConfig
 from localllm.server.fim import InfillBudget, find_fim_tokens, infill_tokens
 from localllm.server.jobs import GenerationJob, InfillPrompt
 from localllm.server.prompts import prepare
 from tests.conftest import require_model
-from tests.server.conftest import server_settings, start_server
+from tests.server.conftest import server_settings, start_named_server
 
 PREFIX = "def add(a, b):\n"
 TYPED = "    return"
@@ -52,20 +50,8 @@ def loaded(fim_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fim_server(fim_models, stories_path, tmp_path_factory):
-    paths = dict(fim_models, stories=stories_path)
-
-    def resolver(name, settings):
-        if name not in paths:
-            raise UserError(f"model '{name}' not found")
-        return paths[name]
-
-    def loader(name, settings):
-        from localllm.runtime import load_model
-
-        return load_model(str(paths[name]), settings)
-
-    running = start_server(ServerConfig(port=0, max_loaded=2), server_settings(tmp_path_factory.mktemp("fim-home")),
-                           resolver=resolver, loader=loader)
+    running = start_named_server(dict(fim_models, stories=stories_path), tmp_path_factory.mktemp("fim-home"),
+                                 max_loaded=2)
     yield running
     running.stop()
 
