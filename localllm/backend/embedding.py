@@ -11,11 +11,12 @@ Backends are imported lazily, from the table below, only when embeddings are ask
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from localllm.errors import UserError
+
+if TYPE_CHECKING:  # numpy stays out of the server's start-up imports
+    import numpy as np
 
 # GGUF `{arch}.pooling_type` values (llama.cpp's enum llama_pooling_type).
 POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import time
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -104,7 +103,7 @@ def _dimensions(f: Fields) -> int | None:
 
 # -- OpenAI ---------------------------------------------------------------------------------
 
-def _encode(vector: np.ndarray, fmt: str):
+def _encode(vector, fmt: str):
     if fmt == "base64":  # little-endian float32 bytes, as OpenAI's clients decode them
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
     return vector.tolist()
