@@ -19,7 +19,8 @@ def configure(sub) -> None:
     p = sub.add_parser(
         "serve", help="serve a local OpenAI- and Ollama-compatible API",
         description=(f"Serve models over HTTP for editor plugins, scripts and apps: OpenAI's /v1/chat/completions, "
-                     f"/v1/completions and /v1/models, Ollama's /api/chat, /api/generate, /api/tags, ..., plus "
+                     f"/v1/completions, /v1/embeddings and /v1/models, Ollama's /api/chat, /api/generate, "
+                     f"/api/embed, /api/tags, ..., llama-server's /completion and /infill, plus "
                      f"/health and /metrics. Listens on {DEFAULT_HOST}:{DEFAULT_PORT} by default."),
     )
     p.add_argument("--host", default=DEFAULT_HOST,
