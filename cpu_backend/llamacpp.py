@@ -18,12 +18,15 @@ state that cannot be cut back at all.
 from __future__ import annotations
 
 import ctypes
+import sys
+from pathlib import Path
 from typing import Sequence
 
 import llama_cpp
 import numpy as np
 
 from . import llama_log
+from .attention_calibration import choose_flash_attn
 from .vocab import LlamaCppVocabulary
 from localllm.backend.protocol import CacheCapability, HostLogits, MemoryReport, window_min_tokens
 from localllm.types import ModelInfo
@@ -75,6 +78,8 @@ class LlamaCppBackend:
         kv_type: str = "f16",
         kv_pool: int = 1,
         n_batch: int = 512,
+        flash_attn: str = "off",
+        calibration_dir: Path | None = None,
         verbose: bool = False,
     ):
         self.info = info
@@ -103,12 +108,14 @@ class LlamaCppBackend:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.type_k = cparams.type_v = KV_GGML_TYPES[kv_type]
-        # Flash attention on the CPU: llama.cpp's kernel handles a small batch against a
-        # long cache row by row. Measured on 2 cores, 1.1B Q4_K_M at 1,400 cached tokens:
-        # decode 28.8 ms/token without it vs 38.5 with, a 53-token follow-up turn 0.61 s
-        # vs 1.19 s, full prefill the same. So it is off, except where llama.cpp needs it
-        # (a quantized V cache).
-        self.flash_attn = kv_type != "f16"
+        # Flash attention helps some models on some machines and hurts others (see
+        # attention_calibration): "auto" measures both once per model file and machine.
+        choice = choose_flash_attn(self._model, model_path=info.path, mode=flash_attn, kv_type=kv_type,
+                                   n_ctx=ctx_size, threads=threads, cache_dir=calibration_dir)
+        self.flash_attn = choice.flash_attn
+        self.attention_note = choice.reason
+        if verbose:
+            print(f"localllm: {choice.reason}", file=sys.stderr)
         cparams.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )

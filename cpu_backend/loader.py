@@ -100,6 +100,8 @@ class LlamaCppLoader:
             kv_pool=KV_POOL,
             threads=settings.resolved_threads,
             kv_type=settings.kv_type,
+            flash_attn=settings.flash_attn,
+            calibration_dir=settings.cache_dir,
             verbose=settings.verbose,
         )
 

@@ -17,6 +17,7 @@ from localllm.errors import UserError
 KV_TYPES = ("f16", "q8_0")
 BACKENDS = ("auto", "llamacpp", "mlx")
 OVERFLOW_POLICIES = ("refuse", "drop-oldest")
+FLASH_ATTN_MODES = ("auto", "on", "off")
 
 
 def physical_cores() -> int:
@@ -97,6 +98,8 @@ class Settings:
     # model's training context (with a warning); the default stops there.
     ctx_size_asked: bool = False
     kv_type: str = "f16"
+    # "auto": measured once per model file and machine (cpu_backend/attention_calibration.py)
+    flash_attn: str = "auto"
     prefix_cache: bool = True  # reuse KV across turns and requests (localllm.kvcache)
     snapshot_cap_mb: int = 2048  # disk for KV snapshots; 0 turns snapshots off
     overflow: str = "refuse"  # or "drop-oldest": what a chat too long for the context does
@@ -122,6 +125,11 @@ class Settings:
             raise UserError(f"unknown KV cache type {self.kv_type!r}: choose one of {', '.join(KV_TYPES)}")
         if self.ctx_size < 16:
             raise UserError(f"--ctx-size {self.ctx_size} is too small: use at least 16 tokens")
+        if self.flash_attn not in FLASH_ATTN_MODES:
+            raise UserError(f"unknown --flash-attn {self.flash_attn!r}: choose one of {', '.join(FLASH_ATTN_MODES)}")
+        if self.flash_attn == "off" and self.kv_type != "f16":
+            raise UserError(f"--flash-attn off cannot be used with --kv-type {self.kv_type}: llama.cpp needs flash "
+                            "attention for a quantized KV cache; use --kv-type f16 or --flash-attn auto")
         if self.overflow not in OVERFLOW_POLICIES:
             raise UserError(f"unknown overflow policy {self.overflow!r}: choose one of {', '.join(OVERFLOW_POLICIES)}")
         if self.threads < 0:
@@ -134,6 +142,7 @@ _ENV_KEYS = {
     "threads": "LOCALLLM_THREADS",
     "ctx_size": "LOCALLLM_CTX_SIZE",
     "kv_type": "LOCALLLM_KV_TYPE",
+    "flash_attn": "LOCALLLM_FLASH_ATTN",
 }
 
 

@@ -30,7 +30,7 @@ def chat_command(args) -> int:
     # --verbose is not passed on: llama.cpp's log on stderr would garble the screen.
     settings = load_settings(
         backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
-        kv_type=args.kv_type, debug=args.debug, overflow=args.overflow,
+        kv_type=args.kv_type, flash_attn=args.flash_attn, debug=args.debug, overflow=args.overflow,
     )
     if args.model:  # a bad file is one line and exit 2 here, not an error inside the app
         from localllm.registry.lookup import resolve_loadable_model

@@ -70,7 +70,7 @@ def sampling_from_args(args) -> SamplingParams:
 def settings_from_args(args):
     return load_settings(
         backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
-        kv_type=args.kv_type, verbose=args.verbose, debug=args.debug,
+        kv_type=args.kv_type, flash_attn=args.flash_attn, verbose=args.verbose, debug=args.debug,
         overflow=getattr(args, "overflow", None), prefix_cache=getattr(args, "prefix_cache", None),
     )
 
