@@ -99,12 +99,15 @@ class GenerationChunk:
 
     `text` is the new, complete UTF-8 text (possibly empty while a character or a
     possible stop string is still pending); the last chunk has `finish_reason` and `stats`.
+    `from_draft`: the token was proposed by a draft (speculative decoding) and accepted
+    by the model.
     """
 
     text: str
     token: int | None = None
     finish_reason: FinishReason | None = None
     stats: GenerationStats | None = None
+    from_draft: bool = False
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ class Engine:
 
     def submit(self, request: GenerationRequest, cache: Cache | None = None) -> RequestHandle:
         """Queue a generation. Without `cache`, the KV-cache manager lends one holding
-        as much of the prompt as it has (a previous turn, a shared system prompt)."""
+        as much of the prompt as it can reuse (a previous turn, a shared system prompt);
+        a `cache` given must hold a proper prefix of the prompt (an empty one will do)."""
         handle = RequestHandle(request)
         self._requests.put((handle, cache))
         return handle
@@ -144,8 +145,7 @@ class Engine:
             lease = None
             request = handle.request
             if cache is None:
-                reserve = min(request.max_tokens, self.backend.n_ctx - len(request.prompt_tokens))
-                lease = self.caches.acquire(request.prompt_tokens, reserve=max(0, reserve))
+                lease = self.caches.acquire(request.prompt_tokens)
                 cache = lease.cache
                 if lease.prompt != list(request.prompt_tokens):
                     request = dataclasses.replace(request, prompt_tokens=tuple(lease.prompt))

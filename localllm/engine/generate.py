@@ -1,9 +1,17 @@
-"""The generation loop: prefill what the cache lacks, then sample, detokenize, stop.
+"""Generation as a token producer feeding one consumer.
 
-`generate` is a plain generator over one backend and one cache, usable directly (tests,
-benchmarks) or from the engine thread. It reuses the longest common prefix between the
-cache and the prompt, so a follow-up that extends an earlier prompt prefills only its
-new tokens.
+A producer (`TokenProducer`) turns the logits of the prompt's last position into tokens:
+`plain_decoding` samples one token per forward pass; speculative verification will be a
+second producer that yields several tokens per pass, the ones a draft proposed and the
+model confirmed marked `from_draft`. The producer owns the forward passes, the sampler's
+history and the cache beyond the prompt; it forwards a token only when the consumer asks
+for the next one, so nothing is computed past where the consumer stops.
+
+`generate` is the consumer: prefill, then end of generation, the streaming detokenizer,
+stop strings, token and context limits, cancellation and stats, whatever the producer.
+It is a plain generator over one backend and one cache, usable directly (tests,
+benchmarks) or from the engine thread. The cache must hold a proper prefix of the prompt
+(the KV-cache manager lends it so, having decided what is reused); only the rest is fed.
 """
 
 from __future__ import annotations
@@ -11,15 +19,39 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple, Protocol
 
-from localllm.backend.protocol import Backend, Cache
+from localllm.backend.protocol import Backend, Cache, Logits
 from localllm.engine.detokenizer import StreamingDetokenizer
 from localllm.engine.sampling import Sampler
 from localllm.engine.stops import StopMatcher
-from localllm.errors import ContextOverflowError, UserError
-from localllm.kvcache.prefix import common_prefix_length
 from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
+
+
+class ProducedToken(NamedTuple):
+    token: int
+    from_draft: bool = False  # proposed by a draft and accepted by the model
+
+
+class TokenProducer(Protocol):
+    def __call__(self, backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,
+                 history: list[int], stats: GenerationStats) -> Iterator[ProducedToken]:
+        """Yield tokens, starting from `logits` (the prompt's last position; `cache`
+        holds the prompt). Append each yielded token to `history` before yielding it.
+        When closed early, leave `cache` holding only tokens whose keys are exact (a
+        speculative producer cuts rejected drafts off in a `finally`). Drafting counts go
+        to `stats.draft_tokens`."""
+
+
+def plain_decoding(backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,
+                   history: list[int], stats: GenerationStats) -> Iterator[ProducedToken]:
+    """One token per forward pass."""
+    sample, forward = sampler.sample_row, backend.forward
+    while True:
+        token = sample(logits, -1, history)
+        history.append(token)
+        yield ProducedToken(token)
+        logits = forward((token,), cache)
 
 
 def peak_rss_bytes() -> int:
@@ -27,38 +59,21 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
-def check_fits(n_prompt: int, n_ctx: int) -> None:
-    if n_prompt == 0:
-        raise UserError("the prompt is empty: give some text to continue")
-    if n_prompt >= n_ctx:
-        raise ContextOverflowError(
-            f"the prompt has {n_prompt} tokens but the context holds {n_ctx}: "
-            "shorten the prompt or raise --ctx-size"
-        )
-
-
 # Prefill runs in steps of this many tokens at most, so a request cancelled during a long
 # prompt stops within one step instead of after the whole prompt.
 PREFILL_STEP = 512
 
 
-def prefill(backend: Backend, cache: Cache, prompt: list[int], cancelled: Callable[[], bool] = lambda: False):
-    """Bring `cache` to hold `prompt` and return (logits of its last position, tokens
-    reused); (None, tokens reused) when `cancelled` turned true between steps."""
-    n_cached = common_prefix_length(cache.tokens, prompt)
-    if n_cached == len(prompt):  # fully cached: recompute the last position for its logits
-        n_cached -= 1
-    if not backend.cache_capability(cache).allows(n_cached):
-        n_cached = 0  # e.g. a sliding window that no longer holds the keys before the cut
-    backend.trim(cache, n_cached)
-    step = max(PREFILL_STEP, getattr(backend, "n_batch", PREFILL_STEP))
-    start = n_cached
-    while len(prompt) - start > step:
-        backend.forward(prompt[start:start + step], cache)
-        start += step
+def prefill(backend: Backend, cache: Cache, tokens: list[int], cancelled: Callable[[], bool]) -> Logits | None:
+    """Feed `tokens` after what `cache` holds, in steps; the logits of the last one, or
+    None when `cancelled` turned true between steps."""
+    start = 0
+    while len(tokens) - start > PREFILL_STEP:
+        backend.forward(tokens[start:start + PREFILL_STEP], cache)
+        start += PREFILL_STEP
         if cancelled():
-            return None, n_cached
-    return backend.forward(prompt[start:], cache), n_cached
+            return None
+    return backend.forward(tokens[start:], cache)
 
 
 def generate(
@@ -66,18 +81,21 @@ def generate(
     cache: Cache,
     request: GenerationRequest,
     cancelled: Callable[[], bool] = lambda: False,
+    producer: TokenProducer = plain_decoding,
 ) -> Iterator[GenerationChunk]:
     prompt = list(request.prompt_tokens)
-    check_fits(len(prompt), backend.n_ctx)
-    stats = GenerationStats(backend=backend.name, prompt_tokens=len(prompt))
+    n_cached = len(cache.tokens)
+    if not prompt or n_cached >= len(prompt) or cache.tokens != prompt[:n_cached]:
+        raise ValueError("generate needs a non-empty prompt and a cache holding a proper prefix of it")
+    stats = GenerationStats(backend=backend.name, prompt_tokens=len(prompt), cached_tokens=n_cached)
     clock = time.perf_counter
     t_start = clock()
-    logits, stats.cached_tokens = prefill(backend, cache, prompt, cancelled)
+    logits = prefill(backend, cache, prompt[n_cached:], cancelled)
     stats.prefill_s = clock() - t_start
     if logits is None:  # cancelled during a long prefill
         yield GenerationChunk("", None, finish_reason="cancelled", stats=stats)
         return
-    if request.max_tokens <= 0:  # prefill only: the cache now holds the prompt
+    if request.max_tokens == 0:  # prefill only: the cache now holds the prompt
         stats.peak_rss_bytes = peak_rss_bytes()
         yield GenerationChunk("", None, finish_reason="length", stats=stats)
         return
@@ -88,38 +106,40 @@ def generate(
     detok = StreamingDetokenizer(vocab.token_bytes, strip_leading_space=strip)
     stops = StopMatcher(request.stop)
     eos = frozenset() if request.ignore_eos else vocab.end_of_turn_ids | request.stop_token_ids
-    history = prompt
-    n_ctx = backend.n_ctx
+    # The last token needs no forward pass, so the context can take one token more than it holds.
+    most = min(request.max_tokens, backend.n_ctx + 1 - len(prompt))
     finish = None
     t_first = t_last = 0.0
 
-    while True:
-        token = sampler.sample_row(logits, -1, history)
-        t_last = clock()
-        if stats.generated_tokens == 0:
-            t_first = t_last
-            stats.ttft_s = t_last - t_start
-        else:
-            stats.decode_steps += 1
-        if token in eos:
-            finish = "stop"
-            break
-        history.append(token)
-        stats.generated_tokens += 1
-        text = stops.feed(detok.add(token))
-        if stops.stopped:
-            finish = "stop"
-            if text:
-                yield GenerationChunk(text, token)
-            break
-        yield GenerationChunk(text, token)
-        if stats.generated_tokens >= request.max_tokens or len(cache.tokens) >= n_ctx:
-            finish = "length"
-            break
-        if cancelled():
-            finish = "cancelled"
-            break
-        logits = backend.forward((token,), cache)
+    tokens = producer(backend, cache, logits, sampler, list(prompt), stats)
+    try:
+        for token, from_draft in tokens:
+            t_last = clock()
+            if stats.generated_tokens == 0:
+                t_first = t_last
+                stats.ttft_s = t_last - t_start
+            else:
+                stats.decode_steps += 1
+            if token in eos:
+                finish = "stop"
+                break
+            stats.generated_tokens += 1
+            stats.accepted_tokens += from_draft
+            text = stops.feed(detok.add(token))
+            if stops.stopped:
+                finish = "stop"
+                if text:
+                    yield GenerationChunk(text, token, from_draft=from_draft)
+                break
+            yield GenerationChunk(text, token, from_draft=from_draft)
+            if stats.generated_tokens >= most:
+                finish = "length"
+                break
+            if cancelled():
+                finish = "cancelled"
+                break
+    finally:
+        tokens.close()
 
     stats.decode_s = t_last - t_first
     tail = "" if stops.stopped else stops.feed(detok.flush()) + stops.flush()

@@ -112,8 +112,10 @@ class KVCacheManager:
 
     # -- lending ------------------------------------------------------------------------
 
-    def acquire(self, prompt: Sequence[int], reserve: int = 0) -> Lease:
-        """The working cache, holding as much of `prompt` as can be found."""
+    def acquire(self, prompt: Sequence[int]) -> Lease:
+        """The working cache, holding the prefix of `lease.prompt` this manager decided to
+        reuse (`lease.reused_tokens`, always fewer than the prompt's tokens): the
+        generation loop feeds the rest and nothing else."""
         prompt = list(prompt)
         self.stats.requests += 1
         if self.working is None:

@@ -190,7 +190,7 @@ class _Runner:
     def run(self, prompt):
         from localllm.engine.generate import generate
 
-        lease = self.manager.acquire(prompt, reserve=4)
+        lease = self.manager.acquire(prompt)
         self.last_source = lease.source
         try:
             chunks = list(generate(self.backend, lease.cache, GenerationRequest(tuple(prompt), GREEDY, max_tokens=4)))
