@@ -233,9 +233,7 @@ class LlamaCppBackend:
         n_total = len(tokens)
         start = len(cache.tokens)
         if start + n_total > self.n_ctx:
-            raise ContextOverflowError(
-                f"{start + n_total} tokens do not fit the context of {self.n_ctx}: use a larger --ctx-size"
-            )
+            raise ContextOverflowError(start + n_total, self.n_ctx, 0)
         rows = []
         for lo in range(0, n_total, self.n_batch):
             chunk = tokens[lo : lo + self.n_batch]
@@ -247,7 +245,7 @@ class LlamaCppBackend:
                 # Nothing of a failed batch is kept: cut the sequence back to what we know.
                 llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, start + lo, -1)
                 if rc == 1:
-                    raise ContextOverflowError(f"no room left in the KV cache of {self.n_ctx} tokens: use a larger --ctx-size")
+                    raise ContextOverflowError(start + n_total, self.n_ctx, 0, "llama.cpp found no room left in its KV cache: raise --ctx-size")
                 raise RuntimeError(f"llama_decode failed with code {rc}")
             cache.tokens.extend(chunk)
             if all_logits:

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from localllm.types import ModelInfo
 from localllm.config import Settings
 from localllm.engine import Engine, RequestHandle
+from localllm.errors import UserError
+from localllm.kvcache.overflow import check_context
+from localllm.tokenizer.chat import ChatPrompter
 from localllm.tokenizer.protocol import Tokenizer
-from localllm.types import GenerationRequest, Message, SamplingParams
+from localllm.types import GenerationRequest, Message, ModelInfo, SamplingParams
 
 
 @dataclass
@@ -26,7 +28,7 @@ class LoadedModel:
     name: str
     path: Path
     engine: Engine
-    prompter: "object"  # localllm.tokenizer.chat.ChatPrompter
+    prompter: ChatPrompter
     load_s: float
     overflow: str = "refuse"
     settings: Settings | None = None  # threads and context size for the embedding context
@@ -88,14 +90,30 @@ class LoadedModel:
         sampling: SamplingParams = SamplingParams(),
         max_tokens: int | None = None,
         stop: Sequence[str] = (),
+        dropped_messages: int = 0,
     ) -> GenerationRequest:
         """A request for `tokens`; `max_tokens=None` means until EOS or a full context."""
         return GenerationRequest(
             tuple(tokens), sampling,
-            max_tokens=max_tokens if max_tokens and max_tokens > 0 else self.n_ctx,
+            max_tokens=max_tokens if max_tokens and max_tokens > 0 else None,
             stop=tuple(stop),
             stop_token_ids=self.prompter.stop_token_ids,
+            dropped_messages=dropped_messages,
         )
+
+    def check_context(self, n_prompt: int, max_tokens: int | None = None) -> None:
+        """Raise ContextOverflowError (fields: prompt_tokens, limit, reserve) unless a
+        prompt of `n_prompt` tokens and `max_tokens` more (None: one) fit the context."""
+        check_context(n_prompt, self.n_ctx, max_tokens or 1)
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """The front door: every frontend starts its generations here. An empty prompt is
+        a UserError; one that does not fit the context with its `max_tokens` is a
+        ContextOverflowError; then the engine queues it."""
+        if not request.prompt_tokens:
+            raise UserError("the prompt is empty: give some text to continue")
+        self.check_context(len(request.prompt_tokens), request.max_tokens)
+        return self.engine.submit(request)
 
     def fit_chat(self, messages: Sequence[Message], max_tokens: int | None = None,
                  policy: str | None = None) -> tuple[list[int], int]:
@@ -113,15 +131,13 @@ class LoadedModel:
     def chat(self, messages: Sequence[Message], sampling: SamplingParams = SamplingParams(),
              max_tokens: int | None = None, stop: Sequence[str] = ()) -> RequestHandle:
         """Generate the assistant's reply. If the overflow policy dropped old turns,
-        `handle.dropped_messages` says how many."""
+        `handle.request.dropped_messages` says how many."""
         tokens, dropped = self.fit_chat(messages, max_tokens)
-        handle = self.engine.submit(self.request(tokens, sampling, max_tokens, stop))
-        handle.dropped_messages = dropped
-        return handle
+        return self.submit(self.request(tokens, sampling, max_tokens, stop, dropped))
 
     def complete(self, prompt: str, sampling: SamplingParams = SamplingParams(),
                  max_tokens: int | None = None, stop: Sequence[str] = (), special: bool = False) -> RequestHandle:
-        return self.engine.submit(self.request(self.text_tokens(prompt, special), sampling, max_tokens, stop))
+        return self.submit(self.request(self.text_tokens(prompt, special), sampling, max_tokens, stop))
 
     def embeddings(self):
         """The model's `EmbeddingRunner` (`localllm.engine.embeddings`): an embedding
@@ -168,7 +184,6 @@ def load_model(name: str, settings: Settings, *, chat_template: str | None = Non
     `force` loads even when the memory preflight says it will not fit."""
     from localllm.backend.select import load_backend
     from localllm.registry import resolve_model_path
-    from localllm.tokenizer.chat import ChatPrompter
 
     path = resolve_model_path(name, settings)
     t0 = time.perf_counter()

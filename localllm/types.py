@@ -49,7 +49,7 @@ class GenerationRequest:
 
     prompt_tokens: tuple[int, ...]
     sampling: SamplingParams = SamplingParams()
-    max_tokens: int = 512
+    max_tokens: int | None = None  # None: until an end token or a full context
     stop: tuple[str, ...] = ()
     # Tokens that end the reply besides the vocabulary's end-of-generation set
     # (a chat template's end-of-turn token, say).
@@ -58,6 +58,8 @@ class GenerationRequest:
     # The first generated piece after a bare BOS drops its leading space (SentencePiece
     # marks word starts with one), as llama2.c and llama.cpp print it.
     strip_leading_space: bool = True
+    # Chat turns the overflow policy left out to make the prompt fit (for the frontend).
+    dropped_messages: int = 0
 
 
 @dataclass

@@ -176,8 +176,9 @@ def _repl(model, args, sampling, chat: bool) -> int:
                 handle = model.chat(messages + [Message("user", line)], sampling, args.max_tokens, args.stop)
             else:
                 handle = model.complete(transcript + line, sampling, args.max_tokens, args.stop, special=args.raw)
-            if getattr(handle, "dropped_messages", 0):
-                print(f"(the conversation outgrew the context: {handle.dropped_messages} oldest messages left out)", file=sys.stderr)
+            if handle.request.dropped_messages:
+                print(f"(the conversation outgrew the context: {handle.request.dropped_messages} oldest messages "
+                      "left out)", file=sys.stderr)
             stats = _stream(handle, reply)
         except KeyboardInterrupt:
             stats = None  # a stopped reply is kept, as written so far

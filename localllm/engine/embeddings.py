@@ -53,9 +53,8 @@ class EmbeddingRunner:
                 raise UserError(f"input {i} is empty: there is nothing to embed")
             if len(tokens) > limit:
                 if not truncate:
-                    raise ContextOverflowError(
-                        f"input {i} has {len(tokens)} tokens but the embedding context holds {limit}: "
-                        "shorten it, or let it be truncated")
+                    raise ContextOverflowError(len(tokens), limit, 0, f"input {i} is too long for the "
+                                               "embedding context: shorten it, or let it be truncated")
                 tokens = tokens[:limit]
                 cut += 1
             out.append(tokens)

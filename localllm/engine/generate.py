@@ -107,7 +107,9 @@ def generate(
     stops = StopMatcher(request.stop)
     eos = frozenset() if request.ignore_eos else vocab.end_of_turn_ids | request.stop_token_ids
     # The last token needs no forward pass, so the context can take one token more than it holds.
-    most = min(request.max_tokens, backend.n_ctx + 1 - len(prompt))
+    most = backend.n_ctx + 1 - len(prompt)
+    if request.max_tokens is not None:
+        most = min(most, request.max_tokens)
     finish = None
     t_first = t_last = 0.0
 

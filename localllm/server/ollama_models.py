@@ -174,11 +174,11 @@ class PullResponse:
 
         def on_progress(p) -> None:
             line = {"status": p.status}
-            if getattr(p, "digest", None):
+            if p.digest:
                 line["digest"] = p.digest if ":" in p.digest else "sha256:" + p.digest  # Ollama's spelling
-            if getattr(p, "total", None):
+            if p.total:
                 line["total"] = p.total
-                line["completed"] = getattr(p, "completed", 0) or 0
+                line["completed"] = p.completed or 0
             loop.call_soon_threadsafe(events.put_nowait, line)
 
         registry = _registry()

@@ -6,7 +6,6 @@ CPU work the event loop must not wait on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 from dataclasses import dataclass
@@ -24,12 +23,6 @@ class PreparedPrompt:
     request: GenerationRequest
     dropped_messages: int = 0
     truncated: bool = False
-
-
-def has_chat_template(model) -> bool:
-    prompter = model.prompter
-    flag = getattr(prompter, "has_template", None)
-    return bool(flag) if flag is not None else getattr(prompter, "template", None) is not None
 
 
 def _check_ids(tokens, vocab: int) -> None:
@@ -56,11 +49,11 @@ def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], int]:
     """(tokens, messages the overflow policy dropped)."""
     prompt = job.prompt
     if isinstance(prompt, ChatPrompt):
-        if getattr(model, "overflow", "refuse") == "drop-oldest" and hasattr(model, "fit_chat"):
+        if model.overflow == "drop-oldest":
             return model.fit_chat(list(prompt.messages), job.max_tokens)
         return model.chat_tokens(list(prompt.messages)), 0
     if isinstance(prompt, TextPrompt):
-        if prompt.templated and has_chat_template(model):
+        if prompt.templated and model.prompter.has_template:
             messages = ([Message("system", prompt.system)] if prompt.system else []) + [Message("user", prompt.text)]
             return model.chat_tokens(messages), 0
         text = f"{prompt.system}\n\n{prompt.text}" if prompt.system else prompt.text
@@ -89,27 +82,25 @@ def infill_prompt(model, job: GenerationJob) -> tuple[list[int], bool]:
     return layout.tokens, layout.truncated
 
 
-def check_context(job: GenerationJob, n_prompt: int, n_ctx: int) -> None:
+def check_context(model, job: GenerationJob, n_prompt: int) -> None:
+    """The model's context rule (`LoadedModel.check_context`), worded for the API: which
+    field to change, and by how much."""
     what = "messages" if isinstance(job.prompt, ChatPrompt) else "prompt"
     if n_prompt == 0:
         raise BadRequest(f"'{what}' is empty: give some text to continue", param=what)
-    if n_prompt >= n_ctx:
+    try:
+        model.check_context(n_prompt, job.max_tokens)
+    except ContextOverflowError as e:
+        if e.prompt_tokens < e.limit:  # the prompt fits; the reply asked for does not
+            raise BadRequest(
+                f"the prompt has {e.prompt_tokens} tokens and {job.max_tokens_param} asks for {e.reserve} more: "
+                f"{e.prompt_tokens + e.reserve} exceeds the context of {e.limit} tokens; lower {job.max_tokens_param} "
+                f"to at most {e.limit - e.prompt_tokens} or shorten the prompt",
+                param=job.max_tokens_param, code="context_length_exceeded") from None
         raise BadRequest(
-            f"the prompt has {n_prompt} tokens but the context of model '{job.model}' holds {n_ctx}: "
+            f"the prompt has {e.prompt_tokens} tokens but the context of model '{job.model}' holds {e.limit}: "
             "shorten the prompt (the server's context is set with --ctx-size)",
-            param=what, code="context_length_exceeded")
-    if job.max_tokens is not None and n_prompt + job.max_tokens > n_ctx:
-        raise BadRequest(
-            f"the prompt has {n_prompt} tokens and {job.max_tokens_param} asks for {job.max_tokens} more: "
-            f"{n_prompt + job.max_tokens} exceeds the context of {n_ctx} tokens; lower {job.max_tokens_param} "
-            f"to at most {n_ctx - n_prompt} or shorten the prompt",
-            param=job.max_tokens_param, code="context_length_exceeded")
-
-
-def _using(model):
-    """The model's own in-use hold where it has one (`LoadedModel.in_use`)."""
-    in_use = getattr(model, "in_use", None)
-    return in_use() if in_use is not None else contextlib.nullcontext()
+            param=what, code="context_length_exceeded") from None
 
 
 def prepare(model, job: GenerationJob, cancel: threading.Event | None = None) -> PreparedPrompt:
@@ -117,7 +108,7 @@ def prepare(model, job: GenerationJob, cancel: threading.Event | None = None) ->
     (the client left) stops the template and the tokenizer at their next check."""
     truncated = False
     try:
-        with cancel_scope(cancel), _using(model):
+        with cancel_scope(cancel), model.in_use():
             if isinstance(job.prompt, InfillPrompt):
                 (tokens, truncated), dropped = infill_prompt(model, job), 0
             else:
@@ -126,7 +117,7 @@ def prepare(model, job: GenerationJob, cancel: threading.Event | None = None) ->
         raise BadRequest(str(e), code="context_length_exceeded") from None
     except UserError as e:  # a template that refuses these messages, say
         raise BadRequest(str(e)) from None
-    check_context(job, len(tokens), model.n_ctx)
+    check_context(model, job, len(tokens))
     vocab = model.vocab_size
     for token in job.sampling.logit_bias:
         if not 0 <= token < vocab:

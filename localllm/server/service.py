@@ -100,7 +100,7 @@ class GenerationService:
                                     queued_s=time.perf_counter() - t_queue,
                                     dropped_messages=prepared.dropped_messages, truncated=prepared.truncated)
         try:
-            handle = model.engine.submit(prepared.request)
+            handle = model.submit(prepared.request)
         except BaseException:
             lease.slot.gate.leave()
             lease.release(job.keep_alive_s, job.keep_alive_given)

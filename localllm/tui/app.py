@@ -103,7 +103,7 @@ class ChatApp(App):
 
     def overflow_for(self, settings: ConversationSettings) -> str:
         """A chat's overflow policy: its own, else the app's setting."""
-        return settings.overflow or getattr(self.settings, "overflow", "refuse")
+        return settings.overflow or self.settings.overflow
 
     # model lifecycle
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
+from localllm.registry.entries import ModelEntry
 from localllm.types import GenerationStats
 
 
@@ -86,7 +87,7 @@ class PullProgressed(Message):
 
 
 class PullFinished(Message):
-    def __init__(self, name: str, entry: object | None, error: str | None = None, cancelled: bool = False) -> None:
+    def __init__(self, name: str, entry: ModelEntry | None, error: str | None = None, cancelled: bool = False) -> None:
         super().__init__()
         self.name = name
         self.entry = entry

@@ -88,7 +88,7 @@ def stream_reply_worker(
     try:
         tokens, dropped = model.fit_chat(messages, max_tokens, policy=overflow)
         post(ReplyStarted(message_id, len(tokens), model.n_ctx, dropped))
-        handle = model.engine.submit(model.request(tokens, sampling, max_tokens or None))
+        handle = model.submit(model.request(tokens, sampling, max_tokens or None, dropped_messages=dropped))
         finish, stats = "stop", None
         for chunk in handle:
             if stop.is_set():
@@ -110,9 +110,10 @@ def stream_reply_worker(
             finish = "cancelled"
     except ContextOverflowError as e:
         # The numbers, then what to do here rather than the command line's flags.
-        numbers = str(e).split(": ", 1)[0]
+        kept = f" plus {e.reserve} kept for the reply" if e.reserve > 1 else ""
         post(ReplyFinished(message_id, text, "error", None, error=(
-            f"{numbers}: start a new chat (Ctrl+N), or in this chat's settings (Ctrl+S) "
+            f"this chat needs {e.prompt_tokens} tokens{kept}, but the context holds {e.limit}: "
+            "start a new chat (Ctrl+N), or in this chat's settings (Ctrl+S) "
             "raise the context size or let the oldest turns go")))
         return
     except UserError as e:
@@ -135,7 +136,7 @@ def pull_model_worker(name: str, settings, post: Post, cancel: threading.Event, 
                 return
 
         def progress(p) -> None:
-            post(PullProgressed(name, str(getattr(p, "status", "")), int(getattr(p, "completed", 0) or 0), int(getattr(p, "total", 0) or 0)))
+            post(PullProgressed(name, p.status, p.completed or 0, p.total or 0))
 
         entry = pull(name, settings, on_progress=progress, cancel=cancel)
     except Exception as e:

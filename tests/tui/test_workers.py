@@ -37,10 +37,9 @@ class FakeHandle:
 
 
 def fake_model(handle, prompt=(1, 2, 3)):
-    engine = SimpleNamespace(submit=lambda request: handle)
     model = SimpleNamespace(
-        chat_tokens=lambda messages: list(prompt), n_ctx=64, engine=engine, overflow="refuse",
-        request=lambda tokens, sampling, max_tokens: (tokens, max_tokens),
+        chat_tokens=lambda messages: list(prompt), n_ctx=64, submit=lambda request: handle, overflow="refuse",
+        request=lambda tokens, sampling, max_tokens, dropped_messages=0: (tokens, max_tokens),
     )
     # The real overflow rule, over the fake's tokens.
     model.fit_chat = lambda messages, max_tokens=None, policy=None: LoadedModel.fit_chat(model, messages, max_tokens, policy)
@@ -72,7 +71,7 @@ def test_stop_keeps_what_was_written_and_cancels_the_engine():
 
 def test_errors_end_the_reply_with_a_message():
     posted = []
-    handle = FakeHandle(["x"], error=ContextOverflowError("the prompt has 900 tokens but the context holds 512"))
+    handle = FakeHandle(["x"], error=ContextOverflowError(900, 512))
     stream_reply_worker(fake_model(handle), [], SamplingParams(), 0, 1, posted.append, threading.Event())
     end = posted[-1]
     assert end.finish_reason == "error" and "context holds 512" in end.error and end.text == "x"

@@ -75,7 +75,7 @@ class ModelPickerScreen(ModalScreen["str | None"]):
         width = max(len(e.name) for e in entries)
         for e in sorted(entries, key=lambda e: e.name):
             mark = "●" if e.name == self.current else " "
-            quant = getattr(e, "quant", "") or "–"
+            quant = e.quant or "–"
             options.add_option(Option(f"{mark} {e.name:<{width}}  {human_size(e.size_bytes):>9}  {quant}", id=e.name))
         target = highlight or self.current
         for index, e in enumerate(sorted(entries, key=lambda e: e.name)):
@@ -122,7 +122,7 @@ class ModelPickerScreen(ModalScreen["str | None"]):
         elif message.error:
             status.update(f"Pull of {message.name} failed: {message.error}")
         else:
-            name = getattr(message.entry, "name", None) or message.name
+            name = message.entry.name if message.entry is not None else message.name
             self.refresh_models(highlight=name)
             self.dismiss(name)
 
