@@ -25,6 +25,7 @@ from localllm.backend.protocol import Backend, Cache, Logits
 from localllm.engine.detokenizer import StreamingDetokenizer
 from localllm.engine.sampling import Sampler
 from localllm.engine.stops import StopMatcher
+from localllm.kvcache.overflow import check_context
 from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
 
 
@@ -87,6 +88,7 @@ def generate(
     n_cached = len(cache.tokens)
     if not prompt or n_cached >= len(prompt) or cache.tokens != prompt[:n_cached]:
         raise ValueError("generate needs a non-empty prompt and a cache holding a proper prefix of it")
+    check_context(len(prompt), backend.n_ctx)  # before any step of a prefill that cannot finish
     stats = GenerationStats(backend=backend.name, prompt_tokens=len(prompt), cached_tokens=n_cached)
     clock = time.perf_counter
     t_start = clock()
