@@ -64,6 +64,17 @@ class LlamaCppCache:
             pass
 
 
+ALL_LAYERS = 1 << 30  # llama.cpp caps n_gpu_layers at the model's layer count (+ output)
+
+
+def offloaded_layers(requested: int) -> int:
+    """What to ask llama.cpp for: 0 where the build cannot offload (CPU-only wheels),
+    else `requested` with -1 meaning every layer (Metal on Apple Silicon)."""
+    if requested == 0 or not llama_cpp.llama_supports_gpu_offload():
+        return 0
+    return ALL_LAYERS if requested < 0 else requested
+
+
 class LlamaCppBackend:
     """A GGUF model loaded by llama.cpp on the CPU."""
 
@@ -81,6 +92,7 @@ class LlamaCppBackend:
         flash_attn: str = "off",
         calibration_dir: Path | None = None,
         verbose: bool = False,
+        gpu_layers: int = 0,
     ):
         self.info = info
         self.kv_type = kv_type
@@ -88,7 +100,8 @@ class LlamaCppBackend:
         path = info.path.encode()
 
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0
+        self.gpu_layers = offloaded_layers(gpu_layers)
+        mparams.n_gpu_layers = self.gpu_layers
         mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if llama_cpp.llama_supports_mmap() else 0
         mparams.use_extra_bufts = not AMX_BUILD
         self._model = llama_cpp.llama_model_load_from_file(path, mparams)

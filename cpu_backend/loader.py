@@ -101,6 +101,7 @@ class LlamaCppLoader:
             threads=settings.resolved_threads,
             kv_type=settings.kv_type,
             flash_attn=settings.flash_attn,
+            gpu_layers=settings.gpu_layers,
             calibration_dir=settings.cache_dir,
             verbose=settings.verbose,
         )

@@ -31,6 +31,7 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ctx-size", type=int, metavar="N", help="context window in tokens (default: 4096, at most the model's training context; a larger N is honoured with a warning)")
     g.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
     g.add_argument("--kv-type", choices=("f16", "q8_0"), help="KV cache precision (default: f16)")
+    g.add_argument("--gpu-layers", type=int, metavar="N", help="llama.cpp: layers to offload to the GPU (Metal on Apple Silicon): -1 all (default), 0 CPU only; a CPU-only build ignores it")
     g.add_argument("--flash-attn", choices=("auto", "on", "off"),
                    help="llama.cpp flash attention (default: auto, measured once per model file and machine)")
     g.add_argument("--force", action="store_true", default=None, help="load even when the memory check says the model will not fit")

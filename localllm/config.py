@@ -100,6 +100,9 @@ class Settings:
     kv_type: str = "f16"
     # "auto": measured once per model file and machine (cpu_backend/attention_calibration.py)
     flash_attn: str = "auto"
+    # llama.cpp: layers offloaded to the GPU (Metal on Apple Silicon) where the build
+    # supports it; -1 all of them, 0 CPU only. Ignored by a CPU-only build.
+    gpu_layers: int = -1
     prefix_cache: bool = True  # reuse KV across turns and requests (localllm.kvcache)
     snapshot_cap_mb: int = 2048  # disk for KV snapshots; 0 turns snapshots off
     overflow: str = "refuse"  # or "drop-oldest": what a chat too long for the context does
@@ -132,6 +135,8 @@ class Settings:
                             "attention for a quantized KV cache; use --kv-type f16 or --flash-attn auto")
         if self.overflow not in OVERFLOW_POLICIES:
             raise UserError(f"unknown overflow policy {self.overflow!r}: choose one of {', '.join(OVERFLOW_POLICIES)}")
+        if self.gpu_layers < -1:
+            raise UserError(f"--gpu-layers {self.gpu_layers} must be -1 (all), 0 (CPU only) or a number of layers")
         if self.threads < 0:
             raise UserError(f"--threads {self.threads} must be 0 (auto) or a positive number")
         return self
@@ -143,6 +148,7 @@ _ENV_KEYS = {
     "ctx_size": "LOCALLLM_CTX_SIZE",
     "kv_type": "LOCALLLM_KV_TYPE",
     "flash_attn": "LOCALLLM_FLASH_ATTN",
+    "gpu_layers": "LOCALLLM_GPU_LAYERS",
 }
 
 

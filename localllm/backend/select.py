@@ -93,7 +93,9 @@ def load_backend(model_path: str, settings: Settings, force: bool = False, notic
     elif info.context_length:  # the default never goes past what the model was trained on
         ctx_size = min(ctx_size, info.context_length)
     settings = replace(settings, ctx_size=ctx_size)
-    check_memory(info, settings, loader.estimate_memory, force=force, gpu=name in GPU_BACKENDS)
+    # llama.cpp offloading to Metal counts against the GPU's working set too.
+    on_gpu = name in GPU_BACKENDS or (name == "llamacpp" and settings.gpu_layers != 0 and is_apple_silicon())
+    check_memory(info, settings, loader.estimate_memory, force=force, gpu=on_gpu)
     return loader.load(info, settings)
 
 

@@ -31,6 +31,7 @@ def chat_command(args) -> int:
     settings = load_settings(
         backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
         kv_type=args.kv_type, flash_attn=args.flash_attn, debug=args.debug, overflow=args.overflow,
+        gpu_layers=args.gpu_layers,
     )
     if args.model:  # a bad file is one line and exit 2 here, not an error inside the app
         from localllm.registry.lookup import resolve_loadable_model

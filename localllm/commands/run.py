@@ -71,6 +71,7 @@ def settings_from_args(args):
     return load_settings(
         backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
         kv_type=args.kv_type, flash_attn=args.flash_attn, verbose=args.verbose, debug=args.debug,
+        gpu_layers=args.gpu_layers,
         overflow=getattr(args, "overflow", None), prefix_cache=getattr(args, "prefix_cache", None),
     )
 

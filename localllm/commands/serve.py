@@ -60,7 +60,8 @@ def serve_command(args) -> int:
     from localllm.server.runner import serve
 
     settings = load_settings(backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
-                             kv_type=args.kv_type, flash_attn=args.flash_attn, verbose=args.verbose, debug=args.debug)
+                             kv_type=args.kv_type, flash_attn=args.flash_attn, verbose=args.verbose, debug=args.debug,
+                             gpu_layers=args.gpu_layers)
     try:
         keep_alive_s = parse_duration(args.keep_alive)
     except DurationError as e:
