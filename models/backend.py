@@ -139,9 +139,7 @@ class MLXBackend:
         if not tokens:
             raise ValueError("forward needs at least one token")
         if len(cache.tokens) + len(tokens) > self.n_ctx:
-            raise ContextOverflowError(
-                f"{len(cache.tokens) + len(tokens)} tokens do not fit the context of {self.n_ctx}: use a larger --ctx-size"
-            )
+            raise ContextOverflowError(len(cache.tokens) + len(tokens), self.n_ctx, 0)
         rows = []
         start = len(cache.tokens)
         try:
