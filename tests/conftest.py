@@ -52,6 +52,19 @@ def stories_backend(stories_path):
     backend.close()
 
 
+@pytest.fixture(scope="session")
+def numpy_backend(stories_path):
+    """stories260K on the numpy reference backend with its SentencePiece vocabulary: the
+    engine and the KV-cache manager without llama.cpp (tests/backends/reference_numpy.py)."""
+    sys.path.insert(0, str(REPO / "tests" / "backends"))
+    from reference_numpy import NumpyReferenceBackend
+    from localllm.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
+
+    backend = NumpyReferenceBackend(stories_path, SentencePieceTokenizer(require_model("stories260K/tok512.model")), ctx_size=512)
+    yield backend
+    backend.close()
+
+
 @pytest.fixture
 def isolated_home(tmp_path, monkeypatch) -> Path:
     """A private LOCALLLM_HOME and config so tests never touch the user's data."""

@@ -162,7 +162,8 @@ class Backend(Protocol):
         """How far `cache` (and a reload of its saved state) can be trimmed now."""
 
     def cache_bytes(self, cache: Cache) -> int:
-        """Bytes the keys and values of `cache` take now."""
+        """Bytes the keys and values of `cache` take now (its buffers: a backend that
+        allocates in steps may hold more than its tokens need)."""
 
     @property
     def kv_bytes_per_token(self) -> int:
