@@ -44,6 +44,19 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class OutputConstraint:
+    """What the generated text must be, enforced token by token while decoding.
+
+    `kind`: "json_schema" (`text` is the schema as JSON), "json_object" (any JSON object;
+    `text` is ignored), "lark" (a Lark grammar, the dialect llguidance reads, which may
+    inline schemas with `%json {...}`) or "regex" (the whole reply matches `text`).
+    """
+
+    kind: Literal["json_schema", "json_object", "lark", "regex"]
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One generation: prompt tokens in, up to `max_tokens` new tokens out."""
 
@@ -60,6 +73,11 @@ class GenerationRequest:
     strip_leading_space: bool = True
     # Chat turns the overflow policy left out to make the prompt fit (for the frontend).
     dropped_messages: int = 0
+    # Decoding allows only tokens that keep the output inside this constraint.
+    constraint: OutputConstraint | None = None
+    # Log probabilities per generated token: None for none; otherwise the chosen token's
+    # and this many most likely alternatives' (0 to 20).
+    logprobs: int | None = None
 
 
 @dataclass
@@ -96,6 +114,16 @@ class GenerationStats:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability and the `top` most likely alternatives at its
+    position, as (token id, log probability), most likely first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationChunk:
     """One step of a generation stream.
 
@@ -110,6 +138,8 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     stats: GenerationStats | None = None
     from_draft: bool = False
+    # The token's log probability, when the request asked for them.
+    logprob: TokenLogprob | None = None
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,15 @@ from localllm.engine.detokenizer import StreamingDetokenizer
 from localllm.engine.sampling import Sampler
 from localllm.engine.stops import StopMatcher
 from localllm.kvcache.overflow import check_context
-from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
+from localllm.types import GenerationChunk, GenerationRequest, GenerationStats, TokenLogprob
 
 
 class ProducedToken(NamedTuple):
     token: int
     from_draft: bool = False  # proposed by a draft and accepted by the model
+    # The sampler's `last_logprob` right after it picked this token (None unless the
+    # request asked for logprobs).
+    logprob: TokenLogprob | None = None
 
 
 class TokenProducer(Protocol):
@@ -39,6 +42,8 @@ class TokenProducer(Protocol):
                  history: list[int], stats: GenerationStats) -> Iterator[ProducedToken]:
         """Yield tokens, starting from `logits` (the prompt's last position; `cache`
         holds the prompt). Append each yielded token to `history` before yielding it.
+        Pick every token through `sampler`, position by position: it applies the
+        request's output constraint and computes its logprob (`sampler.last_logprob`).
         When closed early, leave `cache` holding only tokens whose keys are exact (a
         speculative producer cuts rejected drafts off in a `finally`). Drafting counts go
         to `stats.draft_tokens`."""
@@ -51,7 +56,7 @@ def plain_decoding(backend: Backend, cache: Cache, logits: Logits, sampler: Samp
     while True:
         token = sample(logits, -1, history)
         history.append(token)
-        yield ProducedToken(token)
+        yield ProducedToken(token, False, sampler.last_logprob)
         logits = forward((token,), cache)
 
 
@@ -75,6 +80,16 @@ def prefill(backend: Backend, cache: Cache, tokens: list[int], cancelled: Callab
         if cancelled():
             return None
     return backend.forward(tokens[start:], cache)
+
+
+def make_sampler(backend: Backend, request: GenerationRequest) -> Sampler:
+    """The request's sampler, with its output constraint compiled for the model's vocabulary."""
+    constraint = None
+    if request.constraint is not None:
+        from localllm.engine.constraint import compiler_for
+
+        constraint = compiler_for(backend.vocabulary).matcher(request.constraint, backend.vocab_size)
+    return Sampler(request.sampling, backend.vocab_size, constraint=constraint, logprobs=request.logprobs)
 
 
 def generate(
@@ -103,7 +118,7 @@ def generate(
         return
 
     vocab = backend.vocabulary
-    sampler = Sampler(request.sampling, backend.vocab_size)
+    sampler = make_sampler(backend, request)
     strip = request.strip_leading_space and vocab.adds_space_prefix and prompt[-1] == vocab.bos_id
     detok = StreamingDetokenizer(vocab.token_bytes, strip_leading_space=strip)
     stops = StopMatcher(request.stop)
@@ -117,7 +132,7 @@ def generate(
 
     tokens = producer(backend, cache, logits, sampler, list(prompt), stats)
     try:
-        for token, from_draft in tokens:
+        for token, from_draft, logprob in tokens:
             t_last = clock()
             if stats.generated_tokens == 0:
                 t_first = t_last
@@ -133,9 +148,9 @@ def generate(
             if stops.stopped:
                 finish = "stop"
                 if text:
-                    yield GenerationChunk(text, token, from_draft=from_draft)
+                    yield GenerationChunk(text, token, from_draft=from_draft, logprob=logprob)
                 break
-            yield GenerationChunk(text, token, from_draft=from_draft)
+            yield GenerationChunk(text, token, from_draft=from_draft, logprob=logprob)
             if stats.generated_tokens >= most:
                 finish = "length"
                 break
