@@ -21,7 +21,7 @@ EXIT_INTERRUPTED = 130
 # Each module defines `configure(subparsers)`, which adds its commands and sets
 # `handler` to a function taking the parsed args. Modules import heavy libraries only
 # inside their handlers, so building the parser stays cheap.
-COMMAND_MODULES = ("run", "models", "chat", "serve", "service", "embed")
+COMMAND_MODULES = ("run", "models", "create", "chat", "serve", "service", "embed", "running")
 
 
 def add_runtime_flags(p: argparse.ArgumentParser) -> None:

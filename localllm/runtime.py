@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from localllm.config import Settings
+from localllm.registry.modelfile import ModelDefaults
 from localllm.engine import Engine, RequestHandle
 from localllm.errors import UserError
 from localllm.kvcache.overflow import check_context
@@ -37,6 +38,9 @@ class LoadedModel:
     # Threads using the model outside its engine (preparing a prompt): `close` waits for them.
     _users: int = field(default=0, repr=False)
     _users_changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    # A created model's own parameters, system prompt and opening messages (empty for
+    # others): frontends apply them under whatever the request gives itself.
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
 
     @property
     def info(self) -> ModelInfo:
@@ -182,21 +186,27 @@ def load_model(name: str, settings: Settings, *, chat_template: str | None = Non
     """Resolve `name` (registry name or path), load it and start its engine.
     `chat_template` overrides the model's own template (text of a Jinja template);
     `force` loads even when the memory preflight says it will not fit."""
-    from localllm.backend.select import load_backend
-    from localllm.registry import resolve_model_path
+    from dataclasses import replace
 
-    path = resolve_model_path(name, settings)
+    from localllm.backend.select import load_backend
+    from localllm.registry import resolve_model
+
+    resolved = resolve_model(name, settings)
+    path, defaults = resolved.path, resolved.defaults
+    if defaults.num_ctx and not settings.ctx_size_asked:  # a created model's num_ctx, unless one is asked
+        settings = replace(settings, ctx_size=defaults.num_ctx, ctx_size_asked=True)
     t0 = time.perf_counter()
     backend = load_backend(str(path), settings, force=force)
     try:
-        template = chat_template if chat_template is not None else backend.info.chat_template
+        template = chat_template if chat_template is not None else (defaults.template or backend.info.chat_template)
         prompter = ChatPrompter(backend.vocabulary, template, model_name=name)
         engine = Engine(backend, make_cache_manager(backend, path, settings))
     except BaseException:
         backend.close()
         raise
     return LoadedModel(name=name, path=path, engine=engine, prompter=prompter,
-                       load_s=time.perf_counter() - t0, overflow=settings.overflow, settings=settings)
+                       load_s=time.perf_counter() - t0, overflow=settings.overflow, settings=settings,
+                       defaults=defaults)
 
 
 def make_cache_manager(backend, model_path: Path, settings: Settings):

@@ -33,6 +33,8 @@ def configure(sub) -> None:
     show = sub.add_parser("show", help="describe a model", description="Show what a pulled model or a GGUF file is: architecture, size, quant, context, licence, path.")
     show.add_argument("model", metavar="NAME", help="a pulled model's name, or the path of a GGUF file")
     show.add_argument("--template", action="store_true", help="print only the chat template")
+    show.add_argument("--modelfile", action="store_true", help="print a Modelfile that `create` turns back into this model")
+    show.add_argument("--parameters", action="store_true", help="print only a created model's parameters")
     show.add_argument("--json", action="store_true", help="one JSON object")
     _debug_flag(show)
     show.set_defaults(handler=show_command)
@@ -216,6 +218,16 @@ def show_command(args) -> int:
                             "(give one with `run --chat-template FILE`)")
         print(d.chat_template)
         return 0
+    if args.modelfile:
+        from localllm.registry.modelfile import ModelDefaults, render_modelfile
+
+        print(render_modelfile(str(d.path), ModelDefaults.from_json(d.defaults), d.license), end="")
+        return 0
+    if args.parameters:
+        for name, value in d.defaults.get("parameters", {}).items():
+            for item in value if isinstance(value, list) else [value]:
+                print(f"{name:<20} {json.dumps(item) if isinstance(item, str) else item}")
+        return 0
     if args.json:
         print(json.dumps(_entry_json(d), indent=2))
         return 0
@@ -227,9 +239,23 @@ def show_command(args) -> int:
         ("licence", d.license or "unknown"), ("format", d.format), ("size", _size(d.size_bytes)),
         ("path", str(d.path)),
     ] + ([("digest", f"sha256:{d.digest}")] if d.digest else [])
+    defaults = d.defaults
+    for name, value in defaults.get("parameters", {}).items():
+        rows.append((f"parameter {name}", json.dumps(value) if not isinstance(value, (int, float)) else str(value)))
+    if defaults.get("system"):
+        rows.append(("system", _one_line(defaults["system"])))
+    if defaults.get("template"):
+        rows.append(("template", "its own (show --modelfile prints it)"))
+    if defaults.get("messages"):
+        rows.append(("messages", str(len(defaults["messages"]))))
     for key, value in rows:
         print(f"  {key:<15} {value}")
     return 0
+
+
+def _one_line(text: str, limit: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _count(n: int) -> str:

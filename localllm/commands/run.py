@@ -12,17 +12,23 @@ from localllm.types import GenerationStats, Message, SamplingParams
 
 
 def add_sampling_flags(p) -> None:
+    # Defaults are None so that a created model's PARAMETERs apply where no flag is given;
+    # SAMPLING_DEFAULTS fills in the rest.
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-tokens", type=int, default=-1, metavar="N", help="stop after N new tokens (default: -1, until EOS or the context is full)")
-    g.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 for greedy (default: 0.8)")
-    g.add_argument("--top-k", type=int, default=40, metavar="K", help="keep the K most likely tokens, 0 for all (default: 40)")
-    g.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling threshold (default: 0.95)")
-    g.add_argument("--min-p", type=float, default=0.05, metavar="P", help="drop tokens below P times the top one (default: 0.05)")
-    g.add_argument("--repeat-penalty", type=float, default=1.0, metavar="X", help="penalise recent tokens (default: 1.0, off)")
-    g.add_argument("--presence-penalty", type=float, default=0.0, metavar="X")
-    g.add_argument("--frequency-penalty", type=float, default=0.0, metavar="X")
+    g.add_argument("--max-tokens", type=int, metavar="N", help="stop after N new tokens (default: -1, until EOS or the context is full)")
+    g.add_argument("--temperature", type=float, metavar="T", help="0 for greedy (default: 0.8)")
+    g.add_argument("--top-k", type=int, metavar="K", help="keep the K most likely tokens, 0 for all (default: 40)")
+    g.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling threshold (default: 0.95)")
+    g.add_argument("--min-p", type=float, metavar="P", help="drop tokens below P times the top one (default: 0.05)")
+    g.add_argument("--repeat-penalty", type=float, metavar="X", help="penalise recent tokens (default: 1.0, off)")
+    g.add_argument("--presence-penalty", type=float, metavar="X")
+    g.add_argument("--frequency-penalty", type=float, metavar="X")
     g.add_argument("--seed", type=int, metavar="N", help="random seed: the same seed gives the same text")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before TEXT (repeatable)")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="stop before TEXT (repeatable)")
+
+
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty",
+                  "frequency_penalty", "seed")
 
 
 def configure(sub) -> None:
@@ -47,24 +53,25 @@ def check_max_tokens(n: int | None) -> None:
         raise UserError(f"--max-tokens must be a positive number of tokens, or -1 for no limit (got {n})")
 
 
-def sampling_from_args(args) -> SamplingParams:
+def sampling_from_args(args, defaults=None) -> SamplingParams:
+    """The flags given, over a created model's parameters (`defaults`), over the defaults."""
+    given = {name for name in SAMPLING_FLAGS if getattr(args, name) is not None}
+    values = {name: getattr(args, name) for name in given}
     for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must not be negative (got {getattr(args, name)})")
-    if args.top_p > 1 or args.min_p > 1:
+        if values.get(name, 0) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative (got {values[name]})")
+    if values.get("top_p", 0) > 1 or values.get("min_p", 0) > 1:
         raise UserError("--top-p and --min-p must be between 0 and 1")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be 0 (all) or positive (got {args.top_k})")
-    return SamplingParams(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repeat_penalty=args.repeat_penalty,
-        presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty,
-        seed=args.seed,
-    )
+    if values.get("top_k", 0) < 0:
+        raise UserError(f"--top-k must be 0 (all) or positive (got {values['top_k']})")
+    asked = SamplingParams(**values)
+    return defaults.sampling(asked, given) if defaults is not None else asked
+
+
+def reply_limits(args, defaults) -> tuple[int, list[str]]:
+    """(--max-tokens, --stop), else the model's num_predict and stop, else no limit."""
+    max_tokens = args.max_tokens if args.max_tokens is not None else (defaults.num_predict or -1)
+    return max_tokens, list(args.stop) if args.stop else list(defaults.stop)
 
 
 def settings_from_args(args):
@@ -80,7 +87,7 @@ def run_command(args) -> int:
     from localllm.runtime import load_model
 
     settings = settings_from_args(args)
-    sampling = sampling_from_args(args)
+    sampling_from_args(args)  # bad flags fail before the model loads
     template = None
     if args.chat_template:
         from localllm.tokenizer.chat import load_template_file
@@ -97,6 +104,10 @@ def run_command(args) -> int:
         raise UserError("the prompt is empty: give some text for the model to answer or continue")
     model = load_model(args.model, settings, chat_template=template, force=bool(args.force))
     try:
+        defaults = model.defaults
+        sampling = sampling_from_args(args, defaults)
+        args.max_tokens, args.stop = reply_limits(args, defaults)
+        args.system = args.system if args.system is not None else defaults.system
         if settings.verbose:
             mem = model.memory()
             print(
@@ -109,7 +120,7 @@ def run_command(args) -> int:
         if prompt is None:
             return _repl(model, args, sampling, chat)
         if chat:
-            handle = model.chat(_opening(args) + [Message("user", prompt)], sampling, args.max_tokens, args.stop)
+            handle = model.chat(_opening(args, model) + [Message("user", prompt)], sampling, args.max_tokens, args.stop)
         else:
             text = f"{args.system}\n\n{prompt}" if args.system else prompt
             handle = model.complete(text, sampling, args.max_tokens, args.stop, special=args.raw)
@@ -119,8 +130,10 @@ def run_command(args) -> int:
     return 0
 
 
-def _opening(args) -> list[Message]:
-    return [Message("system", args.system)] if args.system else []
+def _opening(args, model=None) -> list[Message]:
+    """The system prompt (--system, else the model's), then a created model's MESSAGEs."""
+    system = [Message("system", args.system)] if args.system else []
+    return system + (list(model.defaults.messages) if model is not None else [])
 
 
 def _stream(handle, keep: list[str] | None = None) -> GenerationStats | None:
@@ -151,7 +164,7 @@ def _repl(model, args, sampling, chat: bool) -> int:
     template (or, for base models and --raw, continues the running text), and the KV
     cache keeps the history, so a turn costs only its new tokens."""
     print("Type a message and press Enter; Ctrl-C stops a reply; /clear starts over; Ctrl-D or /bye quits.", file=sys.stderr)
-    messages = _opening(args)
+    messages = _opening(args, model)
     transcript = f"{args.system}\n\n" if args.system else ""
     while True:
         try:
@@ -166,7 +179,7 @@ def _repl(model, args, sampling, chat: bool) -> int:
         if command in ("/bye", "/exit", "/quit"):
             return 0
         if command == "/clear":
-            messages, transcript = _opening(args), (f"{args.system}\n\n" if args.system else "")
+            messages, transcript = _opening(args, model), (f"{args.system}\n\n" if args.system else "")
             print("(new conversation)", file=sys.stderr)
             continue
         if not command:

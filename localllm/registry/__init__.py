@@ -2,6 +2,8 @@
 and the curated catalog. This is the API frontends use:
 
     resolve_model_path(name, settings) -> Path        name, hf.co/owner/repo[:quant], or a path
+    resolve_model(name, settings) -> ResolvedModel    the path, full name and a created model's defaults
+    create_model(name, modelfile, settings) / copy_model(src, dst, settings) -> Written
     list_models(settings) -> list[ModelEntry]
     show_model(name, settings) -> ModelDetails
     remove_model(name, settings) -> None              frees the blobs no other model uses
@@ -23,9 +25,23 @@ from localllm.registry.errors import (
     ModelNotFoundError, PullCancelled,
 )
 from localllm.registry.inventory import (
-    delete_model, import_model, list_models, remove_model, show_model, stored_digest,
+    delete_model, import_model, list_models, list_models_described, remove_model, show_model, stored_digest,
 )
-from localllm.registry.lookup import resolve_model_path
+from localllm.registry.lookup import ResolvedModel, resolve_model, resolve_model_path
+
+
+def create_model(name: str, modelfile, settings, base_dir=None):
+    """Make `name` from a parsed Modelfile (see `localllm.registry.create`)."""
+    from localllm.registry.create import create_model as create
+
+    return create(name, modelfile, settings, base_dir)
+
+
+def copy_model(source: str, destination: str, settings):
+    """`source` under another name (see `localllm.registry.create`)."""
+    from localllm.registry.create import copy_model as copy
+
+    return copy(source, destination, settings)
 
 
 def pull_model(
@@ -42,8 +58,9 @@ def pull_model(
 
 
 __all__ = [
+    "copy_model", "create_model",
     "DigestMismatchError", "HubAccessError", "HubUnavailableError", "InsufficientDiskError", "InvalidModelNameError",
     "ModelDetails", "ModelEntry", "ModelNotFoundError", "PullCancelled", "PullProgress",
-    "delete_model", "import_model", "list_models", "pull_model", "remove_model", "resolve_model_path", "show_model",
-    "stored_digest",
+    "delete_model", "import_model", "list_models", "pull_model", "remove_model", "resolve_model", "ResolvedModel", "resolve_model_path", "show_model",
+    "stored_digest", "list_models_described",
 ]

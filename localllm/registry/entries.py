@@ -6,7 +6,7 @@ them without importing anything else from the registry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PULL_STATUSES = ("resolving", "downloading", "verifying", "writing manifest", "success")
@@ -35,6 +35,7 @@ class ModelDetails(ModelEntry):
     has_chat_template: bool
     license: str | None
     chat_template: str | None
+    defaults: dict = field(default_factory=dict)  # a created model's own settings (Modelfile)
 
 
 @dataclass(frozen=True)

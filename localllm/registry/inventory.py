@@ -56,6 +56,26 @@ def list_models(settings) -> list[ModelEntry]:
     return sorted(entries, key=lambda e: (-e.modified, e.name, e.format))
 
 
+def _facts(store: ContentStore, manifest: Manifest):
+    if manifest.format == "gguf":
+        return gguf_facts([store.blob_path(f.sha256) for f in manifest.files])
+    return mlx_facts(store.snapshot(manifest))
+
+
+def list_models_described(settings) -> list[tuple[ModelEntry, object]]:
+    """`list_models` with what each model's header says (`details.ModelFacts`, or None
+    for a model whose files cannot be read): for Ollama's /api/tags details."""
+    store = ContentStore(settings.models_dir)
+    out = []
+    for _, manifest in store.all_manifests():
+        try:
+            facts = _facts(store, manifest) if not store.missing_blobs(manifest) else None
+        except (ModelFileError, OSError):
+            facts = None
+        out.append((entry_for(store, manifest), facts))
+    return sorted(out, key=lambda pair: (-pair[0].modified, pair[0].name, pair[0].format))
+
+
 def show_model(name: str, settings) -> ModelDetails:
     """A pulled or imported model by name, or a GGUF file by its path."""
     if looks_like_path(name):
@@ -68,18 +88,18 @@ def show_model(name: str, settings) -> ModelDetails:
             f"{manifest.full_name} is damaged: {', '.join(missing)} is missing: run `localllm pull {manifest.full_name}`"
         )
     entry = entry_for(store, manifest)
-    if manifest.format == "gguf":
-        facts = gguf_facts([store.blob_path(f.sha256) for f in manifest.files])
-    else:
-        facts = mlx_facts(store.snapshot(manifest))
+    facts = _facts(store, manifest)
     return ModelDetails(
         **vars(entry),
         architecture=facts.architecture,
         parameters=facts.parameters,
         context_length=facts.context_length,
         has_chat_template=bool(facts.chat_template),
-        license=facts.license or manifest.license,
-        chat_template=facts.chat_template,
+        # A Modelfile's LICENSE wins over the file's; otherwise the file speaks first.
+        license=(manifest.license if manifest.source.get("kind") == "create" else None) or facts.license
+        or manifest.license,
+        chat_template=manifest.defaults.get("template") or facts.chat_template,
+        defaults=dict(manifest.defaults),
     )
 
 
@@ -91,7 +111,7 @@ def _show_file(path: Path) -> ModelDetails:
     info = inspect_gguf(path)  # a missing, foreign or truncated file: the reason, exit 2
     facts = gguf_facts([path])
     return ModelDetails(
-        name=str(path), path=path, size_bytes=path.stat().st_size, quant=_quant_label(path, info), format="gguf",
+        name=str(path), path=path, size_bytes=path.stat().st_size, quant=quant_label(path, info), format="gguf",
         modified=path.stat().st_mtime, digest="", architecture=facts.architecture, parameters=facts.parameters,
         context_length=facts.context_length, has_chat_template=bool(facts.chat_template),
         license=facts.license, chat_template=facts.chat_template,
@@ -121,10 +141,6 @@ def remove_model(name: str, settings) -> None:
 def import_model(path, name: str, settings) -> ModelEntry:
     """Copy a local GGUF file into the store as `name` (tag `latest` when none is given).
     The original file is left as it is."""
-    from localllm.formats.gguf_checks import check_loadable
-
-    src = Path(path).expanduser()
-    info = check_loadable(src)  # refuses what `run` would refuse (or crash on), with the reason
     model_name = parse_model_name(name)
     if model_name.is_hub:
         raise InvalidModelNameError(
@@ -133,6 +149,26 @@ def import_model(path, name: str, settings) -> ModelEntry:
     if model_name.tag is None:
         model_name = model_name.with_tag("latest")
     store = ContentStore(settings.models_dir)
+    guard = store.pull_guard()
+    manifest = copy_into_store(Path(path), model_name, settings, store)
+    guard.acquire()  # gc must not free the blob before the manifest names it
+    try:
+        old = store.read_manifest(model_name, "gguf", damaged_ok=True)
+        store.write_manifest(manifest)
+    finally:
+        guard.release()
+    if old is not None and old.files != manifest.files:
+        store.collect_garbage()
+    return entry_for(store, manifest)
+
+
+def copy_into_store(path: Path, model_name, settings, store: ContentStore) -> Manifest:
+    """Put a GGUF file's bytes in the store (once: blobs are named by digest) and return
+    the manifest that would name it `model_name`; writing it is the caller's."""
+    from localllm.formats.gguf_checks import check_loadable
+
+    src = Path(path).expanduser()
+    info = check_loadable(src)  # refuses what `run` would refuse (or crash on), with the reason
     size = src.stat().st_size
     check_disk(store, {f"import-{uuid.uuid4().hex}": size}, f"importing {src}")
     guard = store.pull_guard()
@@ -144,19 +180,14 @@ def import_model(path, name: str, settings) -> ModelEntry:
             tmp.unlink()
         else:
             store.admit(tmp, sha)
-        old = store.read_manifest(model_name, "gguf", damaged_ok=True)
-        manifest = Manifest(
-            name=model_name.name, tag=model_name.tag, format="gguf", files=(ManifestFile(src.name, sha, size),),
-            quant=_quant_label(src, info), license=_str_or_none(info.metadata.get("general.license")),
-            source={"kind": "import", "path": str(src.resolve())}, created=time.time(),
-        )
-        store.write_manifest(manifest)
     finally:
         tmp.unlink(missing_ok=True)
         guard.release()
-    if old is not None and old.files != manifest.files:
-        store.collect_garbage()
-    return entry_for(store, manifest)
+    return Manifest(
+        name=model_name.name, tag=model_name.tag, format="gguf", files=(ManifestFile(src.name, sha, size),),
+        quant=quant_label(src, info), license=_str_or_none(info.metadata.get("general.license")),
+        source={"kind": "import", "path": str(src.resolve())}, created=time.time(),
+    )
 
 
 def _copy_hashing(src: Path, dst: Path, root: Path) -> str:
@@ -176,8 +207,9 @@ def _copy_hashing(src: Path, dst: Path, root: Path) -> str:
     return digest.hexdigest()
 
 
-def _quant_label(path: Path, info) -> str:
-    """The file type the header states, else the tensor type holding most weight bytes."""
+def quant_label(path: Path, info) -> str:
+    """The file type the header states, else the tensor type holding most weight bytes
+    (stories260K states none: F32)."""
     if info.file_type and info.file_type != "unknown":
         return info.file_type
     from gguf.constants import GGMLQuantizationType

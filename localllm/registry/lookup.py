@@ -8,12 +8,14 @@ name:tag is pulled in two formats, the backend in use picks (MLX on the MLX back
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from localllm.errors import ModelFileError, UserError
 from localllm.registry.catalog import DEFAULT_QUANT, load_catalog
 from localllm.registry.errors import ModelNotFoundError
 from localllm.registry.manifest import Manifest
+from localllm.registry.modelfile import ModelDefaults
 from localllm.registry.names import ModelName, is_path_syntax, looks_like_path, parse_model_name
 from localllm.registry.store import ContentStore
 
@@ -93,7 +95,22 @@ def pick_format(manifests: list[Manifest], prefer: str, loadable: bool = True) -
     )
 
 
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a name stands for: the file (or MLX folder) to load, the model's full name
+    (`gemma3:latest` for `gemma3`; a path as given), and a created model's defaults."""
+
+    path: Path
+    name: str
+    defaults: ModelDefaults = ModelDefaults()
+
+
 def resolve_model_path(name: str, settings, *, allow_paths: bool = True) -> Path:
+    """See `resolve_model`: only the path."""
+    return resolve_model(name, settings, allow_paths=allow_paths).path
+
+
+def resolve_model(name: str, settings, *, allow_paths: bool = True) -> ResolvedModel:
     """A model name (`llama3.2:1b`, `hf.co/owner/repo:Q4_K_M`) or a local GGUF path, to
     the file (or MLX folder) to load. Raises a UserError naming what to do when nothing
     matches, or when a pulled model's files are missing from the store. With
@@ -104,7 +121,7 @@ def resolve_model_path(name: str, settings, *, allow_paths: bool = True) -> Path
             raise ModelNotFoundError(f"model {name[:200]!r} is a file path, and this server serves pulled models only: "
                                      "use a pulled name (`localllm list`), or start the server with --allow-model-paths")
     elif looks_like_path(name):
-        return Path(name).expanduser()
+        return ResolvedModel(Path(name).expanduser(), name)
     store = ContentStore(settings.models_dir)
     manifest = pick_format(find_manifests(store, name), preferred_format(settings))
     missing = store.missing_blobs(manifest)
@@ -113,7 +130,7 @@ def resolve_model_path(name: str, settings, *, allow_paths: bool = True) -> Path
             f"{manifest.full_name} is damaged: {', '.join(missing)} is missing from {store.blobs}: "
             f"run `localllm pull {manifest.full_name}` to fetch it again"
         )
-    return store.model_path(manifest)
+    return ResolvedModel(store.model_path(manifest), manifest.full_name, ModelDefaults.from_json(manifest.defaults))
 
 
 def resolve_loadable_model(name: str, settings) -> Path:

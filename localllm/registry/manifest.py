@@ -39,6 +39,8 @@ class Manifest:
     license: str | None = None
     source: dict = field(default_factory=dict)  # {"kind": "hub", "endpoint", "repo", "revision"} | {"kind": "import", "path"}
     created: float = 0.0
+    # A created model's own settings (`localllm.registry.modelfile.ModelDefaults.to_json`).
+    defaults: dict = field(default_factory=dict)
 
     @property
     def model_name(self) -> ModelName:
@@ -82,6 +84,7 @@ class Manifest:
             name=str(data["name"]), tag=str(data["tag"]), format=str(data["format"]), files=files,
             quant=str(data.get("quant") or ""), license=data.get("license"),
             source=dict(data.get("source") or {}), created=float(data.get("created") or 0.0),
+            defaults=dict(data.get("defaults") or {}),
         )
 
 

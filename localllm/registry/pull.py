@@ -135,6 +135,21 @@ def _mlx_files(snap: RepoSnapshot) -> tuple[HubFile, ...]:
     return files
 
 
+def _local_only(text: str, store: ContentStore) -> Manifest | None:
+    """The manifest of a name that exists only on this machine (imported, created or
+    copied under a name that is not the catalog's or the hub's), else None."""
+    from localllm.registry.lookup import find_manifests
+
+    name = parse_model_name(text)
+    if name.is_hub or name.name in load_catalog():
+        return None
+    try:
+        manifests = find_manifests(store, text)
+    except ModelNotFoundError:
+        return None
+    return manifests[0] if manifests else None
+
+
 def pull_model(
     name: str,
     settings,
@@ -170,6 +185,12 @@ def _pull_model(name: str, settings, report, cancel, prefer_format, retry) -> Mo
 
     report(PullProgress("resolving"))
     store = ContentStore(settings.models_dir)
+    local = _local_only(name, store)
+    if local is not None:
+        how = {"import": "imported", "create": "created"}.get(local.source.get("kind"), "copied")
+        report(PullProgress("success", detail=f"{local.full_name} is a local model ({how} on this machine), "
+                                              "not one on the hub: it is already here; nothing to pull"))
+        return entry_for(store, local)
     with HubClient(retry=retry) as hub:
         plan = plan_pull(name, settings, hub, prefer_format)
         unverifiable = [f.path for f in plan.files if not (f.sha256 or f.git_oid)]

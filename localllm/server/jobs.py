@@ -71,6 +71,10 @@ class GenerationJob:
     keep_alive_s: float | None = None
     keep_alive_given: bool = False  # False: the model's own keep-alive applies
     api: str = "native"  # metrics label: openai_chat, openai_completions, ollama_chat, ...
+    # The sampling fields the request gave itself, plus "max_tokens" and "stop" when it
+    # gave those: a created model's defaults fill in only the rest.
+    given: frozenset[str] = frozenset()
+    ctx_size: int | None = None  # Ollama's options.num_ctx: a load of its own when it differs
 
 
 @dataclass

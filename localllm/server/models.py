@@ -10,9 +10,11 @@ holds a `Lease` on it; a request for another model waits until one is free.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,8 +29,8 @@ LOADING, READY, UNLOADING = "loading", "ready", "unloading"
 
 @dataclass(eq=False)
 class ModelSlot:
-    key: str  # the resolved file path: two names for one file share a slot
-    name: str  # the name it was first asked for by
+    key: str  # the resolved file path (and context size when one was asked): two names for one file share a slot
+    name: str  # its full name (`gemma3:latest` when asked for `gemma3`), or the path it was loaded from
     keep_alive_s: float | None  # its default: FOREVER for a preloaded model
     state: str = LOADING
     model: object = None  # localllm.runtime.LoadedModel once ready
@@ -41,6 +43,9 @@ class ModelSlot:
     gate: EngineGate = field(default_factory=EngineGate)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
+    path: str = ""
+    ctx_size: int = 0  # the context size a request asked for (Ollama's num_ctx); 0: the default
+    aliases: set = field(default_factory=set)  # other names it was asked for by (`gemma3`)
 
 
 class Lease:
@@ -95,12 +100,17 @@ class ModelManager:
 
     def find(self, name: str) -> ModelSlot | None:
         for slot in self._slots.values():
-            if slot.name == name or slot.key == name:
+            if slot.name == name or slot.key == name or name in slot.aliases:
                 return slot
         return None
 
     async def resolve(self, name: str) -> str:
         """The file a model name stands for, or a 404 that says what to do."""
+        return (await self.resolve_named(name))[0]
+
+    async def resolve_named(self, name: str) -> tuple[str, str, str]:
+        """(the file a model name stands for, the model's full name, what its own settings
+        are: "" for none, else a digest of them), or a 404."""
         paths_ok = self.allow_paths or name == self.pinned
         if not paths_ok and is_path_syntax(name):
             raise NotFound(f"model {name[:200]!r} is a file path, and this server serves pulled models only: use a "
@@ -108,33 +118,42 @@ class ModelManager:
                            code="model_not_found", param="model")
         resolver = self._resolver
         if resolver is None:
-            from localllm.registry import resolve_model_path
+            from localllm.registry import resolve_model
 
             def resolver(name, settings):
-                return resolve_model_path(name, settings, allow_paths=paths_ok)
+                return resolve_model(name, settings, allow_paths=paths_ok)
         try:
-            path = await asyncio.to_thread(resolver, name, self.settings)
+            found = await asyncio.to_thread(resolver, name, self.settings)
         except UserError as e:  # the registry's message names the model and what to do
             message = str(e) if name in str(e) else f"model '{name}' not found: {e}"
             raise NotFound(message, code="model_not_found", param="model") from None
+        path, full_name = (found.path, found.name) if hasattr(found, "path") else (found, name)
+        defaults = getattr(found, "defaults", None)
+        variant = hashlib.sha256(json.dumps(defaults.to_json(), sort_keys=True).encode()).hexdigest()[:16] \
+            if defaults else ""
         if not Path(path).exists():
             raise NotFound(f"model '{name}' not found: no file at {path}; pull it or give the path "
                            "of a GGUF file", code="model_not_found", param="model")
-        return str(path)
+        return str(path), full_name, variant
 
     # -- leases ---------------------------------------------------------------------------
 
-    async def acquire(self, name: str) -> Lease:
-        """Wait until `name` is loaded (loading it, and making room, if needed)."""
+    async def acquire(self, name: str, ctx_size: int | None = None) -> Lease:
+        """Wait until `name` is loaded (loading it, and making room, if needed). A
+        `ctx_size` other than the loaded one's is a separate load, counted against
+        max_loaded like any other."""
         t0 = time.perf_counter()
         waited_for_load = False
-        key = None
+        key = full_name = None
         while True:
-            slot = self.find(name) if key is None else self._slots.get(key)
+            slot = (self.find(name) if not ctx_size else None) if key is None else self._slots.get(key)
             if slot is None and key is None:
-                key = await self.resolve(name)
+                path, full_name, variant = await self.resolve_named(name)
+                key = self._key_for(path, variant, ctx_size or 0)
                 continue
             if slot is not None and slot.state == READY:
+                if not ctx_size and name != slot.name:
+                    slot.aliases.add(name)
                 slot.refs += 1
                 self._cancel_timer(slot)
                 return Lease(self, slot, time.perf_counter() - t0 if waited_for_load else 0.0)
@@ -153,7 +172,7 @@ class ModelManager:
                     self._start_unload(victim)
                 await self._wait_for_change()
                 continue
-            self._start_load(key, name, self.keep_alive_s)
+            self._start_load(key, full_name or name, self.keep_alive_s, ctx_size or 0, path)
             waited_for_load = True
 
     def _release(self, slot: ModelSlot, keep_alive_s: float | None, given: bool) -> None:
@@ -174,7 +193,8 @@ class ModelManager:
         slot = self.find(name)
         if slot is None:
             try:
-                slot = self._slots.get(await self.resolve(name))
+                path, _, variant = await self.resolve_named(name)
+                slot = self._slots.get(self._key_for(path, variant, 0))
             except APIError:
                 return False
         if slot is None:
@@ -190,8 +210,21 @@ class ModelManager:
 
     # -- loading and unloading -----------------------------------------------------------
 
-    def _start_load(self, key: str, name: str, keep_alive_s: float | None) -> ModelSlot:
-        slot = ModelSlot(key=key, name=name, keep_alive_s=keep_alive_s)
+    def _key_for(self, path: str, variant: str, ctx_size: int) -> str:
+        """The slot for `path` with a created model's settings (`variant`) at `ctx_size`:
+        names for one file share a slot unless their settings differ; a loaded one
+        already of the asked size serves it."""
+        base = f"{path}#{variant}" if variant else path
+        if ctx_size:
+            for slot in self._slots.values():
+                if slot.key.split("#ctx=")[0] == base and slot.state == READY and slot.model.n_ctx == ctx_size:
+                    return slot.key
+            return f"{base}#ctx={ctx_size}"
+        return base
+
+    def _start_load(self, key: str, name: str, keep_alive_s: float | None, ctx_size: int = 0,
+                    path: str = "") -> ModelSlot:
+        slot = ModelSlot(key=key, name=name, keep_alive_s=keep_alive_s, path=path or key, ctx_size=ctx_size)
         self._slots[key] = slot
         self._spawn(self._load(slot))
         return slot
@@ -205,9 +238,12 @@ class ModelManager:
 
             def loader(name, settings):
                 return load_model(name, settings, chat_template=template)
+        settings = self.settings
+        if slot.ctx_size:
+            settings = replace(settings, ctx_size=slot.ctx_size, ctx_size_asked=True)
         t0 = time.perf_counter()
         try:
-            model = await asyncio.to_thread(loader, slot.name, self.settings)
+            model = await asyncio.to_thread(loader, slot.name, settings)
         except BaseException as e:  # handed to every waiter
             slot.error = e
             self._slots.pop(slot.key, None)

@@ -4,9 +4,10 @@ Streaming is on unless `"stream": false`, one JSON object per line (NDJSON); the
 object has `done: true`, `done_reason` and Ollama's timings in nanoseconds
 (total_duration, load_duration, prompt_eval_count/_duration, eval_count/_duration).
 `options` carries sampling (temperature, top_k, top_p, min_p, repeat_penalty,
-repeat_last_n, presence/frequency_penalty, seed, stop, num_predict); load-time options
-such as num_ctx or num_thread are server settings here (`--ctx-size`, `--threads`) and
-are ignored per request. An empty prompt (or message list) loads the model, or with
+repeat_last_n, presence/frequency_penalty, seed, stop, num_predict) over a created
+model's own PARAMETERs; `num_ctx` loads the model with that context (a separate load when
+it differs from the loaded one's, counted against --max-loaded); other load-time options
+such as num_thread are server settings here (`--threads`) and are ignored per request. An empty prompt (or message list) loads the model, or with
 `keep_alive: 0` unloads it, as in Ollama.
 """
 
@@ -78,6 +79,21 @@ def parse_options(f: Fields) -> tuple[SamplingParams, int | None, tuple[str, ...
     return sampling, (num_predict if num_predict > 0 else None), o.stops("stop", limit=64)
 
 
+_SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
+                     "presence_penalty", "frequency_penalty", "seed")
+
+
+def options_given(f: Fields) -> tuple[frozenset[str], int | None]:
+    """(the options the request set itself, as GenerationJob.given names them; its num_ctx)."""
+    o = f.obj("options") or Fields({}, "options.")
+    given = {name for name in _SAMPLING_OPTIONS if o.given(name)}
+    if o.given("num_predict"):
+        given.add("max_tokens")
+    if o.given("stop"):
+        given.add("stop")
+    return frozenset(given), o.integer("num_ctx", lo=16, hi=1 << 20)
+
+
 def _refuse_unsupported(f: Fields) -> None:
     fmt = f.raw("format")
     if fmt not in (None, ""):
@@ -108,9 +124,11 @@ def parse_messages(items: list) -> tuple[Message, ...]:
 def _common(f: Fields, api: str, prompt) -> GenerationJob:
     sampling, max_tokens, stop = parse_options(f)
     keep_alive_s, given = parse_keep_alive(f)
+    options, num_ctx = options_given(f)
     return GenerationJob(model=f.text("model", required=True), prompt=prompt, sampling=sampling,
                          max_tokens=max_tokens, max_tokens_param="options.num_predict", stop=stop,
-                         keep_alive_s=keep_alive_s, keep_alive_given=given, api=api)
+                         keep_alive_s=keep_alive_s, keep_alive_given=given, api=api, given=options,
+                         ctx_size=num_ctx)
 
 
 # -- rendering ----------------------------------------------------------------------------
@@ -184,7 +202,7 @@ async def _load_or_unload(request: Request, f: Fields, field: str, content) -> J
         await server.models.unload(name)
         reason = "unload"
     else:
-        lease = await server.models.acquire(name)
+        lease = await server.models.acquire(name, options_given(f)[1])
         lease.release(keep_alive_s, given)
         reason = "load"
     return JSONResponse({"model": name, "created_at": created_at(), field: content, "done": True,

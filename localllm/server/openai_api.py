@@ -73,6 +73,21 @@ def _sampling(f: Fields) -> SamplingParams:
     )
 
 
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
+                   "frequency_penalty", "seed")
+
+
+def _given(f: Fields) -> frozenset[str]:
+    """The fields the request set itself (GenerationJob.given): a created model's
+    defaults fill in the rest."""
+    given = {name for name in _SAMPLING_FIELDS if f.given(name)}
+    if f.given("max_tokens") or f.given("max_completion_tokens"):
+        given.add("max_tokens")
+    if f.given("stop"):
+        given.add("stop")
+    return frozenset(given)
+
+
 def _max_tokens(f: Fields, default: int | None) -> tuple[int | None, str]:
     for key in ("max_completion_tokens", "max_tokens"):
         value = f.integer(key, lo=1)
@@ -137,7 +152,7 @@ def parse_chat(body: dict) -> tuple[GenerationJob, bool, bool]:
     stream, include_usage = _stream_options(f)
     max_tokens, param = _max_tokens(f, None)
     job = GenerationJob(model=model, prompt=ChatPrompt(messages), sampling=_sampling(f), max_tokens=max_tokens,
-                        max_tokens_param=param, stop=f.stops("stop"), api="openai_chat")
+                        max_tokens_param=param, stop=f.stops("stop"), api="openai_chat", given=_given(f))
     return job, stream, include_usage
 
 
@@ -169,7 +184,7 @@ def parse_completion(body: dict) -> tuple[GenerationJob, bool, bool, bool]:
     stream, include_usage = _stream_options(f)
     max_tokens, param = _max_tokens(f, 16)  # the legacy API's documented default
     job = GenerationJob(model=model, prompt=native, sampling=_sampling(f), max_tokens=max_tokens,
-                        max_tokens_param=param, stop=f.stops("stop"), api="openai_completions")
+                        max_tokens_param=param, stop=f.stops("stop"), api="openai_completions", given=_given(f))
     return job, stream, include_usage, echo
 
 

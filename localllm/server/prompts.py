@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from localllm.errors import ContextOverflowError, UserError
 from localllm.server.errors import BadRequest
@@ -103,10 +103,35 @@ def check_context(model, job: GenerationJob, n_prompt: int) -> None:
             param=what, code="context_length_exceeded") from None
 
 
+def with_model_defaults(model, job: GenerationJob) -> GenerationJob:
+    """`job` with a created model's parameters, stop strings, reply limit, system prompt
+    and opening messages wherever the request did not give its own."""
+    defaults = getattr(model, "defaults", None)
+    if not defaults:
+        return job
+    changes: dict = {"sampling": defaults.sampling(job.sampling, job.given)}
+    if "max_tokens" not in job.given and defaults.num_predict:
+        changes["max_tokens"] = defaults.num_predict
+    if "stop" not in job.given and defaults.stop:
+        changes["stop"] = defaults.stop
+    prompt = job.prompt
+    if isinstance(prompt, ChatPrompt):
+        changes["prompt"] = ChatPrompt(tuple(defaults.conversation(prompt.messages)))
+    elif isinstance(prompt, TextPrompt) and prompt.templated:
+        if has_chat_template(model):
+            system = [Message("system", prompt.system)] if prompt.system else []
+            changes["prompt"] = ChatPrompt(tuple(defaults.conversation(system + [Message("user", prompt.text)])))
+        elif prompt.system is None and defaults.system:
+            changes["prompt"] = replace(prompt, system=defaults.system)
+    return replace(job, **changes)
+
+
+
 def prepare(model, job: GenerationJob, cancel: threading.Event | None = None) -> PreparedPrompt:
     """Tokens and the engine request for `job` on `model`, or a 400. Setting `cancel`
     (the client left) stops the template and the tokenizer at their next check."""
     truncated = False
+    job = with_model_defaults(model, job)
     try:
         with cancel_scope(cancel), model.in_use():
             if isinstance(job.prompt, InfillPrompt):

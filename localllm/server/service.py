@@ -74,7 +74,7 @@ class GenerationService:
         preparing = None  # the worker thread's future while it renders and tokenizes
         cancel = threading.Event()
         try:
-            lease = await self.models.acquire(job.model)
+            lease = await self.models.acquire(job.model, job.ctx_size)
             preparing = asyncio.get_running_loop().run_in_executor(None, prepare, lease.model, job, cancel)
             prepared = await asyncio.shield(preparing)
             t_queue = time.perf_counter()

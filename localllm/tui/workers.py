@@ -78,6 +78,7 @@ def stream_reply_worker(
     stop: threading.Event,
     overflow: str = "refuse",
     clock: Callable[[], float] = time.perf_counter,
+    stop_strings: Sequence[str] = (),
 ) -> None:
     """Generate one reply and post its progress. Setting `stop` ends it at once, keeping
     what was written (the engine is told to cancel; its remaining output is discarded)."""
@@ -88,7 +89,8 @@ def stream_reply_worker(
     try:
         tokens, dropped = model.fit_chat(messages, max_tokens, policy=overflow)
         post(ReplyStarted(message_id, len(tokens), model.n_ctx, dropped))
-        handle = model.submit(model.request(tokens, sampling, max_tokens or None, dropped_messages=dropped))
+        handle = model.submit(model.request(tokens, sampling, max_tokens or None, stop_strings,
+                                            dropped_messages=dropped))
         finish, stats = "stop", None
         for chunk in handle:
             if stop.is_set():

@@ -73,8 +73,13 @@ def test_ps_version_and_show(client, model_name):
     assert shown.modelinfo["general.architecture"] == "llama"
 
 
-def test_tags_lists_registry_models(client):
-    assert client.list().models == []  # the test home has nothing pulled
+def test_tags_lists_the_model_loaded_by_path_with_details(client, model_name):
+    # The test home has nothing pulled: the one model is the server's `--model PATH`.
+    models = client.list().models
+    assert [m.model for m in models] == [model_name]
+    details = models[0].details
+    assert (details.format, details.family, details.families) == ("gguf", "llama", ["llama"])
+    assert details.parameter_size == "292.8K" and details.quantization_level == "F32"
 
 
 def test_unknown_model_is_404(client):

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from localllm.tui.messages import ReplyDelta, ReplyFinished, ReplyStarted
-from localllm.tui.store import Conversation
+from localllm.tui.store import Conversation, ConversationSettings
 from localllm.tui.widgets.inbox import Inbox
 from localllm.tui.workers import stream_reply_worker
+from localllm.registry.modelfile import ModelDefaults
 from localllm.types import Message, SamplingParams
 
 # Save a streaming reply at each finished line, or after this many unsaved characters
@@ -77,10 +78,16 @@ class ReplyStreaming:
         await self.chat_view.add(message, streaming=True)
         reply = self.reply = ActiveReply(conv.id, message.id)
         s = conv.settings
-        sampling = SamplingParams(temperature=s.temperature, top_p=s.top_p)
+        # A created model's parameters, system prompt and opening messages apply where
+        # the chat's own settings are left at their defaults.
+        defaults = getattr(model, "defaults", None) or ModelDefaults()
+        unset = ConversationSettings()
+        given = {n for n in ("temperature", "top_p") if getattr(s, n) != getattr(unset, n)}
+        sampling = defaults.sampling(SamplingParams(temperature=s.temperature, top_p=s.top_p), given)
         work = partial(
-            stream_reply_worker, model, self.model_messages(conv, message.id), sampling, s.max_tokens,
-            message.id, self.query_one(Inbox).post_message, reply.stop, self.app.overflow_for(s),
+            stream_reply_worker, model, defaults.conversation(self.model_messages(conv, message.id)), sampling,
+            s.max_tokens or defaults.num_predict or 0, message.id, self.query_one(Inbox).post_message, reply.stop,
+            self.app.overflow_for(s), stop_strings=defaults.stop,
         )
 
         def run() -> None:
