@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from localllm.server.metrics import Counter, Gauge, Histogram
+from tests.server.conftest import wait_until
 from tests.server.prometheus_text import parse
 
 
@@ -57,7 +58,15 @@ def test_metrics_parse_and_count_a_generation(http, model_name):
 
 def test_the_same_prompt_again_is_a_prefix_cache_hit(http, model_name):
     body = {"model": model_name, "prompt": "The cat sat on the mat and looked at the", "max_tokens": 3}
+
+    def counted(metrics) -> float:
+        return value(metrics, "localllm_prefix_cache_hits_total") + value(metrics, "localllm_prefix_cache_misses_total")
+
+    start = counted(scrape(http))
     http.post("/v1/completions", json=body)
+    # A generation is counted when the engine lets go of it, which may come just after
+    # its response: wait for it, so it is not counted as the second one's.
+    wait_until(lambda: counted(scrape(http)) == start + 1)
     before = scrape(http)
     r = http.post("/v1/completions", json=body)
     assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
