@@ -118,7 +118,7 @@ def with_model_defaults(model, job: GenerationJob) -> GenerationJob:
     if isinstance(prompt, ChatPrompt):
         changes["prompt"] = ChatPrompt(tuple(defaults.conversation(prompt.messages)))
     elif isinstance(prompt, TextPrompt) and prompt.templated:
-        if has_chat_template(model):
+        if model.prompter.has_template:
             system = [Message("system", prompt.system)] if prompt.system else []
             changes["prompt"] = ChatPrompt(tuple(defaults.conversation(system + [Message("user", prompt.text)])))
         elif prompt.system is None and defaults.system:
