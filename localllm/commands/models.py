@@ -199,13 +199,19 @@ def _entry_json(e) -> dict:
     return d
 
 
+def span_words(seconds: float, smallest: str = "minute") -> str | None:
+    """'3 hours', '1 minute': the largest whole unit, down to `smallest`; None below it."""
+    units = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+    for unit, n in units[: [u for u, _ in units].index(smallest) + 1]:
+        if seconds >= n:
+            k = int(seconds // n)
+            return f"{k} {unit}{'s' if k > 1 else ''}"
+    return None
+
+
 def _ago(t: float) -> str:
-    s = max(0, time.time() - t)
-    for unit, n in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if s >= n:
-            k = int(s // n)
-            return f"{k} {unit}{'s' if k > 1 else ''} ago"
-    return "just now"
+    span = span_words(max(0.0, time.time() - t))
+    return f"{span} ago" if span else "just now"
 
 
 def show_command(args) -> int:

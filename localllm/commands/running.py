@@ -91,14 +91,10 @@ def _until(stamp: str) -> str:
         t = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
         return stamp or "-"
-    left = t - time.time()
-    if left <= 1:
-        return "now"
-    for unit, n in (("hour", 3600), ("minute", 60), ("second", 1)):
-        if left >= n:
-            k = int(left // n)
-            return f"{k} {unit}{'s' if k > 1 else ''} from now"
-    return "now"
+    from localllm.commands.models import span_words
+
+    span = span_words(t - time.time(), smallest="second")
+    return f"{span} from now" if span else "now"
 
 
 def stop_command(args) -> int:
