@@ -60,3 +60,35 @@ def test_resume_reopens_the_last_conversation_and_keeps_line_breaks(make_app, ol
             assert any(line.startswith("violets are blue,") for line in lines), lines
 
     run(scenario())
+
+
+def test_a_created_models_parameters_and_system_prompt_apply_in_the_chat(make_app, stories_path, tui_settings):
+    """num_predict 5 and SYSTEM from the model apply where the chat's settings are left
+    at their defaults (stories260K has no template: the system prompt leads the prompt)."""
+    from localllm.registry import create_model
+    from localllm.registry.modelfile import parse_modelfile
+    from localllm.tui.store import ConversationSettings
+
+    create_model("teller", parse_modelfile(f"FROM {stories_path}\nPARAMETER num_predict 5\n"
+                                           "PARAMETER temperature 0\nSYSTEM Lily had a cat.\n"), tui_settings)
+    app = make_app("teller", conversation_defaults=ConversationSettings())
+
+    async def scenario():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_loaded(pilot)
+            await send(pilot, "Once upon a time")
+            await wait_reply_done(pilot)
+            return app.store.messages(app.chat.conversation.id)[-1]
+
+    reply = run(scenario())
+    assert reply.stats["generated_tokens"] == 5
+    from localllm.runtime import load_model
+    from localllm.types import Message, SamplingParams
+
+    model = load_model(str(stories_path), tui_settings)
+    try:
+        expected = model.chat([Message("system", "Lily had a cat."), Message("user", "Once upon a time")],
+                              SamplingParams(temperature=0), max_tokens=5).text()
+    finally:
+        model.close()
+    assert reply.content == expected
