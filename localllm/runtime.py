@@ -73,8 +73,11 @@ class LoadedModel:
         rate, reused tokens, bytes held. Updated between requests."""
         return self.engine.caches.stats
 
-    def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
-        return self.prompter.encode(messages, add_generation_prompt=add_generation_prompt)
+    def chat_tokens(self, messages: Sequence[Message], add_generation_prompt: bool = True,
+                    tools: Sequence[dict] | None = None) -> list[int]:
+        """`tools`: OpenAI tool objects for a chat template that renders them."""
+        extra = {"tools": list(tools)} if tools else {}
+        return self.prompter.encode(messages, add_generation_prompt=add_generation_prompt, **extra)
 
     def text_tokens(self, prompt: str, special: bool = False) -> list[int]:
         """A prompt continued as written. `special=True` is for prompts a client
@@ -120,7 +123,7 @@ class LoadedModel:
         return self.engine.submit(request)
 
     def fit_chat(self, messages: Sequence[Message], max_tokens: int | None = None,
-                 policy: str | None = None) -> tuple[list[int], int]:
+                 policy: str | None = None, tools: Sequence[dict] | None = None) -> tuple[list[int], int]:
         """Prompt tokens for a chat under the overflow policy (the model's, or `policy`):
         (tokens, messages dropped). Room for the reply is kept: `max_tokens`, or an
         eighth of the context."""
@@ -128,7 +131,8 @@ class LoadedModel:
 
         reserve = max_tokens if max_tokens and max_tokens > 0 else max(1, self.n_ctx // 8)
         tokens, _, dropped = fit_messages(
-            messages, self.chat_tokens, self.n_ctx, min(reserve, self.n_ctx - 1), OverflowPolicy(policy or self.overflow)
+            messages, lambda m: self.chat_tokens(m, tools=tools), self.n_ctx, min(reserve, self.n_ctx - 1),
+            OverflowPolicy(policy or self.overflow)
         )
         return tokens, dropped
 

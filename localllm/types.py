@@ -73,6 +73,9 @@ class GenerationRequest:
     strip_leading_space: bool = True
     # Chat turns the overflow policy left out to make the prompt fit (for the frontend).
     dropped_messages: int = 0
+    # Control tokens whose text is part of the reply (a tool-call marker such as
+    # "[TOOL_CALLS]" that the tool-call parser must see); other control tokens give no text.
+    special_text_ids: frozenset[int] = frozenset()
     # Decoding allows only tokens that keep the output inside this constraint.
     constraint: OutputConstraint | None = None
     # Log probabilities per generated token: None for none; otherwise the chosen token's
@@ -143,11 +146,24 @@ class GenerationChunk:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the assistant made: `arguments` is the JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Message:
-    """One chat message."""
+    """One chat message. An assistant message may carry `tool_calls`; a tool message
+    answers one of them (`tool_call_id`, and the function's `name` where known)."""
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,11 @@ def generate(
     vocab = backend.vocabulary
     sampler = make_sampler(backend, request)
     strip = request.strip_leading_space and vocab.adds_space_prefix and prompt[-1] == vocab.bos_id
-    detok = StreamingDetokenizer(vocab.token_bytes, strip_leading_space=strip)
+    token_bytes = vocab.token_bytes
+    if request.special_text_ids:
+        shown = {t: vocab.token_text(t).encode() for t in request.special_text_ids}
+        token_bytes = lambda t: shown.get(t) or vocab.token_bytes(t)  # noqa: E731
+    detok = StreamingDetokenizer(token_bytes, strip_leading_space=strip)
     stops = StopMatcher(request.stop)
     eos = frozenset() if request.ignore_eos else vocab.end_of_turn_ids | request.stop_token_ids
     # The last token needs no forward pass, so the context can take one token more than it holds.

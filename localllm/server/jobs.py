@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from localllm.types import GenerationStats, Message, SamplingParams
+from localllm.types import GenerationStats, Message, OutputConstraint, SamplingParams, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,10 @@ class GenerationJob:
     # gave those: a created model's defaults fill in only the rest.
     given: frozenset[str] = frozenset()
     ctx_size: int | None = None  # Ollama's options.num_ctx: a load of its own when it differs
+    constraint: OutputConstraint | None = None  # response_format / Ollama format
+    tools: tuple[dict, ...] = ()  # OpenAI tool objects the model may call (chat only)
+    tool_choice: str | None = None  # auto, none, required, or a function's name
+    logprobs: int | None = None  # None: none; n: the chosen token's and n alternatives
 
 
 @dataclass
@@ -90,3 +94,6 @@ class GenerationOutcome:
     total_s: float = 0.0  # arrival to the last chunk
     dropped_messages: int = 0  # turns the overflow policy let go
     truncated: bool = False  # an infill prompt was cut to fit the context
+    tool_format: object | None = None  # the model's ToolCallFormat when the job has tools
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # filled as tokens arrive
+    token_bytes: object | None = None  # the model's token -> bytes, for logprob entries

@@ -7,7 +7,8 @@ object has `done: true`, `done_reason` and Ollama's timings in nanoseconds
 repeat_last_n, presence/frequency_penalty, seed, stop, num_predict) over a created
 model's own PARAMETERs; `num_ctx` loads the model with that context (a separate load when
 it differs from the loaded one's, counted against --max-loaded); other load-time options
-such as num_thread are server settings here (`--threads`) and are ignored per request. An empty prompt (or message list) loads the model, or with
+such as num_thread are server settings here (`--threads`) and are ignored per request. `format` ("json" or a schema) constrains the reply; `tools`
+with assistant `tool_calls` and `tool` messages work as in Ollama. An empty prompt (or message list) loads the model, or with
 `keep_alive: 0` unloads it, as in Ollama.
 """
 
@@ -24,7 +25,9 @@ from localllm.server.config import DurationError, parse_duration
 from localllm.server.errors import APIError, BadRequest
 from localllm.server.fields import MAX_MESSAGES, Fields, read_json_object
 from localllm.server.jobs import ChatPrompt, GenerationJob, GenerationOutcome, InfillPrompt, TextPrompt
+from localllm.server import structured_fields
 from localllm.server.responses import GenerationResponse
+from localllm.toolcalls.parser import ToolCallParser
 from localllm.types import Message, SamplingParams
 
 _DEFAULTS = SamplingParams()
@@ -95,12 +98,7 @@ def options_given(f: Fields) -> tuple[frozenset[str], int | None]:
 
 
 def _refuse_unsupported(f: Fields) -> None:
-    fmt = f.raw("format")
-    if fmt not in (None, ""):
-        raise BadRequest("'format' is not supported: structured output needs constrained decoding, "
-                         "which this server does not have", param="format")
     f.refuse_if_set("think", "this server does not run thinking models' reasoning mode")
-    f.refuse_if_set("tools", "tool calling is not available in this server yet")
     f.refuse_if_set("logprobs", "this server does not return log probabilities")
     f.refuse_if_set("images", "this server runs text-only models")
 
@@ -116,19 +114,20 @@ def parse_messages(items: list) -> tuple[Message, ...]:
         if role not in _ROLES:
             raise BadRequest(f"'{where}.role' is {role!r}: use system, user, assistant or tool")
         m.refuse_if_set("images", "this server runs text-only models")
-        m.refuse_if_set("tool_calls", "tool calling is not available in this server yet")
-        messages.append(Message(role, m.text("content", "")))
+        calls = structured_fields.ollama_tool_calls(m) if role == "assistant" else ()
+        messages.append(Message(role, m.text("content", ""), tool_calls=calls,
+                                name=m.text("tool_name") if role == "tool" else None))
     return tuple(messages)
 
 
-def _common(f: Fields, api: str, prompt) -> GenerationJob:
+def _common(f: Fields, api: str, prompt, tools: tuple = ()) -> GenerationJob:
     sampling, max_tokens, stop = parse_options(f)
     keep_alive_s, given = parse_keep_alive(f)
     options, num_ctx = options_given(f)
     return GenerationJob(model=f.text("model", required=True), prompt=prompt, sampling=sampling,
                          max_tokens=max_tokens, max_tokens_param="options.num_predict", stop=stop,
                          keep_alive_s=keep_alive_s, keep_alive_given=given, api=api, given=options,
-                         ctx_size=num_ctx)
+                         ctx_size=num_ctx, constraint=structured_fields.ollama_format(f), tools=tools)
 
 
 # -- rendering ----------------------------------------------------------------------------
@@ -178,10 +177,49 @@ class _NDJSONRenderer:
 
 
 class ChatRenderer(_NDJSONRenderer):
+    """With tools, the reply goes through the model family's tool-call parser: text as
+    `message.content`, each complete call as a line with `message.tool_calls`."""
+
     field = "message"
+
+    def __init__(self, model: str):
+        super().__init__(model)
+        self._parser: ToolCallParser | None = None
 
     def _content(self, text: str):
         return {"role": "assistant", "content": text}
+
+    def _line(self, message: dict) -> bytes:
+        return (json.dumps({"model": self.model, "created_at": created_at(), "message": message, "done": False},
+                           ensure_ascii=False) + "\n").encode()
+
+    def _events(self, events) -> bytes:
+        return b"".join(self._line(self._content(e)) if isinstance(e, str) else
+                        self._line({"role": "assistant", "content": "", "tool_calls": [structured_fields.ollama_call(e)]})
+                        for e in events)
+
+    def stream_head(self, outcome: GenerationOutcome) -> bytes:
+        if outcome.tool_format is not None:
+            self._parser = ToolCallParser(outcome.tool_format)
+        return b""
+
+    def stream_piece(self, text: str) -> bytes:
+        if self._parser is None:
+            return super().stream_piece(text)
+        return self._events(self._parser.feed(text))
+
+    def stream_tail(self, outcome: GenerationOutcome) -> bytes:
+        rest = self._events(self._parser.finish()) if self._parser is not None else b""
+        return rest + super().stream_tail(outcome)
+
+    def whole(self, outcome: GenerationOutcome) -> dict:
+        out = super().whole(outcome)
+        if outcome.tool_format is not None:
+            text, calls = ToolCallParser(outcome.tool_format).parse(outcome.text)
+            if calls:
+                out["message"] = {"role": "assistant", "content": text,
+                                  "tool_calls": [structured_fields.ollama_call(c) for c in calls]}
+        return out
 
 
 class GenerateRenderer(_NDJSONRenderer):
@@ -216,7 +254,8 @@ async def chat(request: Request):
     messages = parse_messages(f.array("messages", limit=MAX_MESSAGES) or [])
     if not messages:
         return await _load_or_unload(request, f, "message", {"role": "assistant", "content": ""})
-    job = _common(f, "ollama_chat", ChatPrompt(messages))
+    tools = structured_fields.tools(f)
+    job = _common(f, "ollama_chat", ChatPrompt(messages), tools)
     return GenerationResponse(request.app.state.server.service, job, ChatRenderer(job.model),
                               stream=f.flag("stream", True), t_arrival=t0, path=request.url.path)
 
@@ -226,6 +265,7 @@ async def generate(request: Request):
     f = Fields(await read_json_object(request))
     _refuse_unsupported(f)
     f.refuse_if_set("template", "send the prompt already formatted with \"raw\": true instead")
+    f.refuse_if_set("tools", "tools work with /api/chat")
     f.refuse_if_set("context", "it is deprecated in Ollama: use /api/chat to continue a conversation")
     prompt = f.text("prompt", "")
     suffix = f.text("suffix")

@@ -4,8 +4,10 @@ Requests are parsed into a `GenerationJob`; the renderers write chat.completion(
 and text_completion objects, as whole JSON or as server-sent events ending with
 `data: [DONE]`. Besides OpenAI's own fields, `top_k`, `min_p` and `repeat_penalty` are
 accepted (as llama.cpp's and vLLM's servers do) for clients that pass `extra_body`.
-Features the server does not have (n > 1, tools, logprobs, JSON modes, images) are
-refused with a 400 rather than ignored.
+Structured output (`response_format`), tools (`tools`, `tool_choice`, `tool_calls` and
+`tool` messages, streamed `tool_calls` deltas) and `logprobs` / `top_logprobs` are read in
+`structured_fields`. Features the server does not have (n > 1, legacy `functions`,
+images) are refused with a 400 rather than ignored.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from localllm.server import structured_fields
 from localllm.server.errors import APIError, BadRequest, NotFound, error_payload
 from localllm.server.fields import MAX_MESSAGES, Fields, read_json_object
 from localllm.server.jobs import (
     ChatPrompt, GenerationJob, GenerationOutcome, InfillPrompt, TextPrompt, TokenPrompt,
 )
 from localllm.server.responses import GenerationResponse
+from localllm.toolcalls.parser import ToolCallParser
 from localllm.types import Message, SamplingParams
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
@@ -39,14 +43,8 @@ def _refuse_unsupported(f: Fields) -> None:
                          "(or leave it out) and make several requests", param="n")
     if f.integer("best_of", 1) != 1:
         raise BadRequest("'best_of' other than 1 is not supported", param="best_of")
-    f.refuse_if_set("logprobs", "this server does not return log probabilities")
-    f.refuse_if_set("top_logprobs", "this server does not return log probabilities")
-    f.refuse_if_set("tools", "tool calling is not available in this server yet")
-    f.refuse_if_set("functions", "function calling is not available in this server yet")
-    fmt = f.obj("response_format")
-    if fmt is not None and fmt.text("type", "text") != "text":
-        raise BadRequest("'response_format' other than text is not supported: JSON modes need "
-                         "constrained decoding, which this server does not have", param="response_format")
+    f.refuse_if_set("functions", "the legacy 'functions' field is not supported: send 'tools'")
+    f.refuse_if_set("function_call", "the legacy 'function_call' field is not supported: send 'tool_choice'")
 
 
 def _sampling(f: Fields) -> SamplingParams:
@@ -127,9 +125,11 @@ def parse_messages(items: list) -> tuple[Message, ...]:
         if role not in _ROLES:
             raise BadRequest(f"'{where}.role' is {role!r}: use system, developer, user, assistant or tool",
                              param=f"{where}.role")
-        m.refuse_if_set("tool_calls", "tool calling is not available in this server yet")
-        m.refuse_if_set("function_call", "function calling is not available in this server yet")
-        messages.append(Message(_ROLES[role], _content(item.get("content"), where)))
+        m.refuse_if_set("function_call", "the legacy 'function_call' is not supported: send 'tool_calls'")
+        calls = structured_fields.openai_tool_calls(m) if role == "assistant" else ()
+        messages.append(Message(_ROLES[role], _content(item.get("content"), where), tool_calls=calls,
+                                tool_call_id=m.text("tool_call_id") if role == "tool" else None,
+                                name=m.text("name") if role == "tool" else None))
     return tuple(messages)
 
 
@@ -151,8 +151,16 @@ def parse_chat(body: dict) -> tuple[GenerationJob, bool, bool]:
     messages = parse_messages(f.array("messages", required=True, limit=MAX_MESSAGES))
     stream, include_usage = _stream_options(f)
     max_tokens, param = _max_tokens(f, None)
+    tools = structured_fields.tools(f)
+    logprobs = None
+    if f.flag("logprobs", False):
+        logprobs = f.integer("top_logprobs", 0, lo=0, hi=20)
+    elif f.given("top_logprobs"):
+        raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     job = GenerationJob(model=model, prompt=ChatPrompt(messages), sampling=_sampling(f), max_tokens=max_tokens,
-                        max_tokens_param=param, stop=f.stops("stop"), api="openai_chat", given=_given(f))
+                        max_tokens_param=param, stop=f.stops("stop"), api="openai_chat", given=_given(f),
+                        constraint=structured_fields.response_format(f), tools=tools,
+                        tool_choice=structured_fields.tool_choice(f, bool(tools)), logprobs=logprobs)
     return job, stream, include_usage
 
 
@@ -160,6 +168,7 @@ def parse_completion(body: dict) -> tuple[GenerationJob, bool, bool, bool]:
     f = Fields(body)
     model = _model(f)
     _refuse_unsupported(f)
+    f.refuse_if_set("tools", "tools work with /v1/chat/completions")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
@@ -184,7 +193,8 @@ def parse_completion(body: dict) -> tuple[GenerationJob, bool, bool, bool]:
     stream, include_usage = _stream_options(f)
     max_tokens, param = _max_tokens(f, 16)  # the legacy API's documented default
     job = GenerationJob(model=model, prompt=native, sampling=_sampling(f), max_tokens=max_tokens,
-                        max_tokens_param=param, stop=f.stops("stop"), api="openai_completions", given=_given(f))
+                        max_tokens_param=param, stop=f.stops("stop"), api="openai_completions", given=_given(f),
+                        constraint=structured_fields.response_format(f), logprobs=f.integer("logprobs", lo=0, hi=20))
     return job, stream, include_usage, echo
 
 
@@ -241,8 +251,20 @@ class _SSERenderer:
 
 
 class ChatRenderer(_SSERenderer):
+    """chat.completion(.chunk). With tools, the reply goes through the model family's
+    tool-call parser: text as `content` deltas, each call as a `tool_calls` delta once it
+    is complete (whole: id, type, name and arguments in one delta). With logprobs, each
+    content delta carries the entries of the tokens that arrived with it."""
+
     object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
+
+    def __init__(self, model: str, include_usage: bool):
+        super().__init__(model, include_usage)
+        self._outcome: GenerationOutcome | None = None
+        self._parser: ToolCallParser | None = None
+        self._logprobs_sent = 0
+        self._calls_sent = 0
 
     @staticmethod
     def _choice_delta(text, finish):
@@ -250,13 +272,61 @@ class ChatRenderer(_SSERenderer):
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     def stream_head(self, outcome: GenerationOutcome) -> bytes:
+        self._outcome = outcome
+        if outcome.tool_format is not None:
+            self._parser = ToolCallParser(outcome.tool_format)
         choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
         return self._event({"choices": [choice]}).encode()
 
+    def _new_logprobs(self) -> dict | None:
+        o = self._outcome
+        if o is None or len(o.logprobs) <= self._logprobs_sent:
+            return None
+        fresh = o.logprobs[self._logprobs_sent:]
+        self._logprobs_sent += len(fresh)
+        return {"content": [structured_fields.chat_logprob(lp, o.token_bytes) for lp in fresh]}
+
+    def _events(self, events) -> bytes:
+        out = []
+        for e in events:
+            if isinstance(e, str):
+                choice = {"index": 0, "delta": {"content": e}, "logprobs": self._new_logprobs(), "finish_reason": None}
+            else:
+                choice = {"index": 0, "delta": {"tool_calls": [structured_fields.openai_call(e, self._calls_sent)]},
+                          "logprobs": None, "finish_reason": None}
+                self._calls_sent += 1
+            out.append(self._event({"choices": [choice]}))
+        return "".join(out).encode()
+
+    def stream_piece(self, text: str) -> bytes:
+        o = self._outcome
+        if self._parser is None and (o is None or not o.logprobs):
+            return super().stream_piece(text)
+        return self._events(self._parser.feed(text) if self._parser is not None else [text])
+
+    def stream_tail(self, outcome: GenerationOutcome) -> bytes:
+        rest = self._events(self._parser.finish()) if self._parser is not None else b""
+        finish = "tool_calls" if self._calls_sent and outcome.finish_reason != "length" else _finish(outcome)
+        out = self._event({"choices": [self._choice_delta(None, finish)]})
+        if self.include_usage:
+            out += self._event({"choices": []}, usage(outcome))
+        return rest + (out + "data: [DONE]\n\n").encode()
+
     def whole(self, outcome: GenerationOutcome) -> dict:
+        message: dict = {"role": "assistant", "content": outcome.text}
+        finish = _finish(outcome)
+        if outcome.tool_format is not None:
+            text, calls = ToolCallParser(outcome.tool_format).parse(outcome.text)
+            if calls:
+                message = {"role": "assistant", "content": text or None, "tool_calls": [
+                    {k: v for k, v in structured_fields.openai_call(c, i).items() if k != "index"}
+                    for i, c in enumerate(calls)]}
+                finish = "tool_calls" if outcome.finish_reason != "length" else finish
+        logprobs = None
+        if outcome.logprobs:
+            logprobs = {"content": [structured_fields.chat_logprob(lp, outcome.token_bytes) for lp in outcome.logprobs]}
         return dict(self._base, object="chat.completion", choices=[{
-            "index": 0, "message": {"role": "assistant", "content": outcome.text},
-            "logprobs": None, "finish_reason": _finish(outcome),
+            "index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish,
         }], usage=usage(outcome))
 
 
@@ -267,17 +337,35 @@ class CompletionRenderer(_SSERenderer):
     def __init__(self, model: str, include_usage: bool, echo_text: str | None):
         super().__init__(model, include_usage)
         self.echo_text = echo_text
+        self._outcome: GenerationOutcome | None = None
+        self._logprobs_sent = 0
+        self._offset = 0
 
     @staticmethod
     def _choice_delta(text, finish):
         return {"index": 0, "text": "" if text is None else text, "logprobs": None, "finish_reason": finish}
 
     def stream_head(self, outcome: GenerationOutcome) -> bytes:
+        self._outcome = outcome
         return self.stream_piece(self.echo_text) if self.echo_text else b""
 
+    def stream_piece(self, text: str) -> bytes:
+        o = self._outcome
+        if o is None or len(o.logprobs) <= self._logprobs_sent:
+            return super().stream_piece(text)
+        fresh = o.logprobs[self._logprobs_sent:]
+        self._logprobs_sent += len(fresh)
+        logprobs = structured_fields.completion_logprobs(fresh, o.token_bytes, self._offset)
+        self._offset += sum(len(t) for t in logprobs["tokens"])
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": None}
+        return self._event({"choices": [choice]}).encode()
+
     def whole(self, outcome: GenerationOutcome) -> dict:
+        logprobs = None
+        if outcome.logprobs:
+            logprobs = structured_fields.completion_logprobs(outcome.logprobs, outcome.token_bytes)
         return dict(self._base, choices=[{
-            "index": 0, "text": (self.echo_text or "") + outcome.text, "logprobs": None,
+            "index": 0, "text": (self.echo_text or "") + outcome.text, "logprobs": logprobs,
             "finish_reason": _finish(outcome),
         }], usage=usage(outcome))
 

@@ -15,6 +15,8 @@ from localllm.server.errors import BadRequest
 from localllm.server.fim import InfillBudget, infill_tokens
 from localllm.server.jobs import ChatPrompt, GenerationJob, InfillPrompt, MixedPrompt, TextPrompt, TokenPrompt
 from localllm.tokenizer.cancel import cancel_scope
+from localllm.toolcalls.formats import ToolCallFormat
+from localllm.toolcalls.prompt import ToolPlan
 from localllm.types import GenerationRequest, Message
 
 
@@ -23,6 +25,7 @@ class PreparedPrompt:
     request: GenerationRequest
     dropped_messages: int = 0
     truncated: bool = False
+    tool_format: ToolCallFormat | None = None  # set when the reply may hold tool calls
 
 
 def _check_ids(tokens, vocab: int) -> None:
@@ -45,13 +48,26 @@ def _mixed_tokens(model, parts) -> list[int]:
     return tokens
 
 
-def prompt_tokens(model, job: GenerationJob) -> tuple[list[int], int]:
+def tool_plan(model, job: GenerationJob) -> ToolPlan | None:
+    """How the job's tools and tool turns reach this model's prompt, or None when the
+    chat has neither."""
+    if not isinstance(job.prompt, ChatPrompt):
+        return None
+    messages = job.prompt.messages
+    if not job.tools and not any(m.tool_calls or m.role == "tool" for m in messages):
+        return None
+    return ToolPlan.for_model(model.tokenizer, model.prompter.template, messages, job.tools, job.tool_choice)
+
+
+def prompt_tokens(model, job: GenerationJob, plan: ToolPlan | None = None) -> tuple[list[int], int]:
     """(tokens, messages the overflow policy dropped)."""
     prompt = job.prompt
     if isinstance(prompt, ChatPrompt):
+        messages = list(plan.messages if plan is not None else prompt.messages)
+        tools = plan.template_tools if plan is not None else None
         if model.overflow == "drop-oldest":
-            return model.fit_chat(list(prompt.messages), job.max_tokens)
-        return model.chat_tokens(list(prompt.messages)), 0
+            return model.fit_chat(messages, job.max_tokens, tools=tools)
+        return model.chat_tokens(messages, tools=tools), 0
     if isinstance(prompt, TextPrompt):
         if prompt.templated and model.prompter.has_template:
             messages = ([Message("system", prompt.system)] if prompt.system else []) + [Message("user", prompt.text)]
@@ -132,12 +148,21 @@ def prepare(model, job: GenerationJob, cancel: threading.Event | None = None) ->
     (the client left) stops the template and the tokenizer at their next check."""
     truncated = False
     job = with_model_defaults(model, job)
+    plan = None
+    constraint = job.constraint
     try:
         with cancel_scope(cancel), model.in_use():
             if isinstance(job.prompt, InfillPrompt):
                 (tokens, truncated), dropped = infill_prompt(model, job), 0
             else:
-                tokens, dropped = prompt_tokens(model, job)
+                plan = tool_plan(model, job)
+                tokens, dropped = prompt_tokens(model, job, plan)
+            if plan is not None and plan.constraint is not None:
+                constraint = plan.constraint  # a forced call: its grammar wins over response_format
+            if constraint is not None:
+                from localllm.engine.constraint import compiler_for  # numpy: not at server start-up
+
+                compiler_for(model.tokenizer).check(constraint)
     except ContextOverflowError as e:
         raise BadRequest(str(e), code="context_length_exceeded") from None
     except UserError as e:  # a template that refuses these messages, say
@@ -153,4 +178,8 @@ def prepare(model, job: GenerationJob, cancel: threading.Event | None = None) ->
         request = dataclasses.replace(request, max_tokens=0)
     if job.ignore_eos:
         request = dataclasses.replace(request, ignore_eos=True)
-    return PreparedPrompt(request, dropped, truncated)
+    request = dataclasses.replace(request, constraint=constraint, logprobs=job.logprobs,
+                                  special_text_ids=plan.special_text_ids if plan is not None else frozenset())
+    # Calls are parsed out of the reply only when the model may call (tools, and not "none").
+    parse_calls = plan is not None and job.tools and job.tool_choice != "none"
+    return PreparedPrompt(request, dropped, truncated, plan.format if parse_calls else None)

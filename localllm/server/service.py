@@ -24,6 +24,7 @@ class RunningGeneration:
     def __init__(self, stream: TokenStream, outcome: GenerationOutcome, t_arrival: float):
         self.stream = stream
         self.outcome = outcome
+        outcome.logprobs = stream.logprobs  # the same list: renderers read it as it grows
         self._t_arrival = t_arrival
 
     async def pieces(self):
@@ -98,7 +99,8 @@ class GenerationService:
         model = lease.model
         outcome = GenerationOutcome(model=job.model, load_s=lease.load_wait_s,
                                     queued_s=time.perf_counter() - t_queue,
-                                    dropped_messages=prepared.dropped_messages, truncated=prepared.truncated)
+                                    dropped_messages=prepared.dropped_messages, truncated=prepared.truncated,
+                                    tool_format=prepared.tool_format, token_bytes=model.tokenizer.token_bytes)
         try:
             handle = model.submit(prepared.request)
         except BaseException:

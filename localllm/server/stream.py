@@ -40,6 +40,7 @@ class TokenStream:
                  observe_itl: Callable[[float], None], on_done: Callable[[], None]):
         self.handle = handle
         self.final: GenerationChunk | None = None
+        self.logprobs: list = []  # TokenLogprob of each token so far, when the request asked
         self._loop = asyncio.get_running_loop()
         self._items: collections.deque = collections.deque()
         self._lock = threading.Lock()
@@ -126,6 +127,8 @@ class TokenStream:
                     if texts:
                         yield "".join(texts)
                     raise item.error
+                if item.logprob is not None:
+                    self.logprobs.append(item.logprob)
                 if item.text:
                     texts.append(item.text)
                 if item.finish_reason is not None:

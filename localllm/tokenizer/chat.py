@@ -35,6 +35,7 @@ role markup and nothing added for the generation prompt.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from functools import cached_property
 from typing import Any, Callable, Sequence
@@ -113,7 +114,7 @@ class ChatPrompter:
     def _render_conversation(self, messages: Sequence[Message], add_generation_prompt: bool,
                              extra: dict) -> tuple[list[dict], str]:
         """(the conversation as rendered, its text), folding a refused system message."""
-        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        conversation = [_template_message(m) for m in messages]
         for m in conversation:
             # Roles are rendered as markup (control tokens parsed): they must be names.
             if not isinstance(m["role"], str) or not _ROLE.fullmatch(m["role"]):
@@ -292,6 +293,29 @@ def _as_templates_write(content: str) -> dict[str, None]:
         answer = content.split("</think>")[-1]
         forms += [answer.lstrip("\n"), answer.strip()]
     return dict.fromkeys(forms)
+
+
+def _template_message(m: Message) -> dict:
+    """A message as chat templates read it (transformers' shape): tool calls with their
+    arguments as an object, a tool result with its call id and function name."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c.arguments)}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        out["name"] = m.name
+    return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # templates that write arguments with tojson still show what was sent
 
 
 def _fold_system_message(conversation: list[dict]) -> list[dict] | None:

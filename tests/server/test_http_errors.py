@@ -68,7 +68,7 @@ def test_wrong_types_openai(http, body, param):
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "options": []}, "options"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "keep_alive": "soon"}, "keep_alive"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": 1}, "stream"),
-    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "format": "json"}, "format"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "format": "yaml"}, "format"),
     ({"model": "m", "messages": {"role": "user"}}, "messages"),
 ])
 def test_wrong_types_ollama(http, body, needle):
@@ -85,9 +85,11 @@ def test_n_other_than_one_is_refused(http, model_name):
 
 def test_unsupported_features_are_refused_not_ignored(http, model_name):
     base = {"model": model_name, "messages": [{"role": "user", "content": "hi"}]}
-    for extra, param in [({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-                         ({"logprobs": True}, "logprobs"),
-                         ({"response_format": {"type": "json_object"}}, "response_format")]:
+    for extra, param in [({"functions": [{"name": "f"}]}, "functions"),
+                         ({"top_logprobs": 2}, "top_logprobs"),
+                         ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
+                         ({"tool_choice": "required"}, "tool_choice"),
+                         ({"response_format": {"type": "yaml"}}, "response_format.type")]:
         assert openai_error(http.post("/v1/chat/completions", json=base | extra), 400)["param"] == param
     image = {"model": model_name, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:,"}}]}]}
