@@ -39,6 +39,17 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--debug", action="store_true", default=None, help="show tracebacks for errors")
 
 
+def settings_from_args(args, **more):
+    """The settings for a command that took `add_runtime_flags`: its runtime flags (None:
+    not given, the config file or environment decides) and `more` (the command's own
+    flags, or None to leave one to the config)."""
+    from localllm.config import load_settings
+
+    flags = dict(backend=args.backend, ctx_size=args.ctx_size, threads=args.threads, kv_type=args.kv_type,
+                 flash_attn=args.flash_attn, gpu_layers=args.gpu_layers, verbose=args.verbose, debug=args.debug)
+    return load_settings(**(flags | more))
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -49,13 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"localllm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"localllm.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"localllm.commands.{name}":
-                raise
-            continue  # a command family not built yet
-        module.configure(sub)
+        importlib.import_module(f"localllm.commands.{name}").configure(sub)
     return parser
 
 

@@ -24,15 +24,11 @@ def configure(sub) -> None:
 
 
 def chat_command(args) -> int:
-    from localllm.config import load_settings
+    from localllm.cli import settings_from_args
     from localllm.errors import UserError
 
     # --verbose is not passed on: llama.cpp's log on stderr would garble the screen.
-    settings = load_settings(
-        backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
-        kv_type=args.kv_type, flash_attn=args.flash_attn, debug=args.debug, overflow=args.overflow,
-        gpu_layers=args.gpu_layers,
-    )
+    settings = settings_from_args(args, verbose=None, overflow=args.overflow)
     if args.model:  # a bad file is one line and exit 2 here, not an error inside the app
         from localllm.registry.lookup import resolve_loadable_model
 
@@ -42,7 +38,7 @@ def chat_command(args) -> int:
     from localllm.tui.app import ChatApp
     from localllm.tui.workers import default_loader
 
-    force = bool(getattr(args, "force", False))
+    force = bool(args.force)
 
     def loader(name, loader_settings):
         return default_loader(name, loader_settings, force=force)

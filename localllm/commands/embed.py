@@ -30,7 +30,7 @@ def configure(sub) -> None:
 
 
 def embed_command(args) -> int:
-    from localllm.commands.run import settings_from_args
+    from localllm.cli import settings_from_args
     from localllm.runtime import load_model
 
     texts = list(args.texts)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from localllm.cli import add_runtime_flags
-from localllm.config import load_settings
+from localllm.cli import add_runtime_flags, settings_from_args
 from localllm.errors import UserError
 from localllm.types import GenerationStats, Message, SamplingParams
 
@@ -74,19 +73,10 @@ def reply_limits(args, defaults) -> tuple[int, list[str]]:
     return max_tokens, list(args.stop) if args.stop else list(defaults.stop)
 
 
-def settings_from_args(args):
-    return load_settings(
-        backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
-        kv_type=args.kv_type, flash_attn=args.flash_attn, verbose=args.verbose, debug=args.debug,
-        gpu_layers=args.gpu_layers,
-        overflow=getattr(args, "overflow", None), prefix_cache=getattr(args, "prefix_cache", None),
-    )
-
-
 def run_command(args) -> int:
     from localllm.runtime import load_model
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, overflow=args.overflow, prefix_cache=args.prefix_cache)
     sampling_from_args(args)  # bad flags fail before the model loads
     template = None
     if args.chat_template:

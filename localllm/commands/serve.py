@@ -54,14 +54,12 @@ def configure(sub) -> None:
 def serve_command(args) -> int:
     from pathlib import Path
 
-    from localllm.config import load_settings
+    from localllm.cli import settings_from_args
     from localllm.errors import UserError
     from localllm.server.config import DurationError, ServerConfig, parse_duration
     from localllm.server.runner import serve
 
-    settings = load_settings(backend=args.backend, ctx_size=args.ctx_size, threads=args.threads,
-                             kv_type=args.kv_type, flash_attn=args.flash_attn, verbose=args.verbose, debug=args.debug,
-                             gpu_layers=args.gpu_layers)
+    settings = settings_from_args(args)
     try:
         keep_alive_s = parse_duration(args.keep_alive)
     except DurationError as e:
@@ -76,7 +74,7 @@ def serve_command(args) -> int:
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, max_loaded=args.max_loaded,
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, cors_origins=tuple(args.cors_origin),
         chat_template=template, allow_model_paths=args.allow_model_paths,
-        allowed_hosts=tuple(args.allowed_host),
+        allowed_hosts=tuple(args.allowed_host), force_load=bool(args.force),
     ).validate()
     if config.preload:
         from localllm.registry import resolve_model_path

@@ -43,7 +43,7 @@ class ServerState:
         self.models = ModelManager(settings, max_loaded=config.max_loaded, keep_alive_s=config.keep_alive_s,
                                    loader=loader, resolver=resolver, on_load=self.metrics.load_seconds.observe,
                                    chat_template=config.chat_template, allow_paths=config.allow_model_paths,
-                                   pinned=config.preload)
+                                   pinned=config.preload, force_load=config.force_load)
         self.service = GenerationService(self.models, self.metrics, self.admission)
         self.metrics.bind_sources(lambda: self.admission.waiting, lambda: self.admission.running,
                                   self.models.counts)
@@ -52,10 +52,8 @@ class ServerState:
 
     async def registry_entries(self) -> list:
         """Pulled models, or [] when the registry cannot list them (said on stderr)."""
-        try:
-            from localllm.registry import list_models
-        except ImportError:
-            return []
+        from localllm.registry import list_models
+
         try:
             return list(await asyncio.to_thread(list_models, self.settings))
         except (UserError, OSError) as e:

@@ -95,6 +95,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()  # Host header names allowed besides loopback ones
     chat_template: str | None = None  # Jinja text overriding every model's own template
     allow_model_paths: bool = False  # clients may name GGUF files by path, not only pulled names
+    force_load: bool = False  # load models even where the memory preflight says they will not fit
     extra: dict = field(default_factory=dict, compare=False)
 
     def validate(self) -> "ServerConfig":

@@ -60,10 +60,6 @@ class PayloadTooLarge(APIError):
     status = 413
 
 
-class NotImplementedByServer(APIError):
-    status = 501
-
-
 class Overloaded(APIError):
     """The bounded queue is full: come back after `retry_after` seconds."""
 

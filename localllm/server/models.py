@@ -71,13 +71,14 @@ class ModelManager:
     def __init__(self, settings, *, max_loaded: int = 1, keep_alive_s: float | None = 300.0,
                  loader: Callable | None = None, resolver: Callable | None = None,
                  on_load: Callable[[float], None] | None = None, chat_template: str | None = None,
-                 allow_paths: bool = False, pinned: str | None = None):
+                 allow_paths: bool = False, pinned: str | None = None, force_load: bool = False):
         self.settings = settings
         # Clients name pulled models; a file path only where the server was started with
         # --allow-model-paths, or the one it was started with (`--model PATH`).
         self.allow_paths = allow_paths
         self.pinned = pinned
         self.chat_template = chat_template
+        self.force_load = force_load
         self.max_loaded = max_loaded
         self.keep_alive_s = keep_alive_s
         self._loader = loader
@@ -234,10 +235,10 @@ class ModelManager:
         if loader is None:
             from localllm.runtime import load_model
 
-            template = self.chat_template
+            template, force = self.chat_template, self.force_load
 
             def loader(name, settings):
-                return load_model(name, settings, chat_template=template)
+                return load_model(name, settings, chat_template=template, force=force)
         settings = self.settings
         if slot.ctx_size:
             settings = replace(settings, ctx_size=slot.ctx_size, ctx_size_asked=True)

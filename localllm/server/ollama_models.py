@@ -22,6 +22,10 @@ from starlette.routing import Route
 
 from localllm import __version__
 from localllm.errors import UserError
+from localllm.registry.errors import (
+    DigestMismatchError, HubAccessError, HubUnavailableError, InsufficientDiskError, InvalidModelNameError,
+    ModelNotFoundError, PullCancelled,
+)
 from localllm.server.config import FOREVER
 from localllm.server.errors import APIError, BadRequest, Conflict, NotFound, send_error
 from localllm.server.fields import Fields, read_json_object
@@ -30,11 +34,11 @@ from localllm.server.models import READY
 from localllm.server.ollama_api import created_at
 from localllm.server.responses import until_disconnect
 
-# Registry errors by class name (the registry is imported lazily) to HTTP statuses.
-_REGISTRY_STATUS = {
-    "ModelNotFoundError": 404, "InvalidModelNameError": 400, "HubAccessError": 403,
-    "HubUnavailableError": 502, "DigestMismatchError": 502, "InsufficientDiskError": 507,
-    "PullCancelled": 499,
+# Registry errors to HTTP statuses.
+_REGISTRY_STATUS: dict[type, int] = {
+    ModelNotFoundError: 404, InvalidModelNameError: 400, HubAccessError: 403,
+    HubUnavailableError: 502, DigestMismatchError: 502, InsufficientDiskError: 507,
+    PullCancelled: 499,
 }
 FAR_FUTURE = "9999-12-31T23:59:59.000000Z"  # a model kept loaded forever
 
@@ -42,15 +46,14 @@ FAR_FUTURE = "9999-12-31T23:59:59.000000Z"  # a model kept loaded forever
 def registry_error(e: Exception) -> APIError:
     if isinstance(e, APIError):
         return e
-    status = _REGISTRY_STATUS.get(type(e).__name__, 400 if isinstance(e, UserError) else 500)
+    status = next((s for kind, s in _REGISTRY_STATUS.items() if isinstance(e, kind)),
+                  400 if isinstance(e, UserError) else 500)
     return APIError(str(e), status=status)
 
 
 def _registry():
-    try:
-        import localllm.registry as registry
-    except ImportError as e:  # pragma: no cover - only while the registry is being built
-        raise APIError(f"the model registry is not available in this build ({e})", status=501) from None
+    import localllm.registry as registry
+
     return registry
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from localllm.errors import ContextOverflowError, UserError
+from localllm.registry.names import looks_like_path
 from localllm.tui.messages import (
     ModelLoaded, ModelLoadFailed, PullFinished, PullProgressed, ReplyDelta, ReplyFinished, ReplyStarted,
 )
@@ -28,10 +29,6 @@ def default_loader(name: str, settings, force: bool = False):
     if force:  # load even when the memory check says it will not fit (--force)
         return load_model(name, settings, force=True)
     return load_model(name, settings)
-
-
-def looks_like_path(name: str) -> bool:
-    return name.endswith(".gguf") or name.startswith(("/", "./", "../", "~")) or Path(name).exists()
 
 
 def model_label(name: str) -> str:
@@ -131,11 +128,7 @@ def pull_model_worker(name: str, settings, post: Post, cancel: threading.Event, 
     """Pull `name` through the registry, posting progress; `cancel` stops the download."""
     try:
         if pull is None:
-            try:
-                from localllm.registry import pull_model as pull
-            except ImportError:
-                post(PullFinished(name, None, error="this build of localllm cannot pull models (no registry pull)"))
-                return
+            from localllm.registry import pull_model as pull
 
         def progress(p) -> None:
             post(PullProgressed(name, p.status, p.completed or 0, p.total or 0))
