@@ -7,6 +7,7 @@ backend library.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from localllm.errors import UserError
 from localllm.kvcache.overflow import check_context
 from localllm.tokenizer.chat import ChatPrompter
 from localllm.tokenizer.protocol import Tokenizer
-from localllm.types import GenerationRequest, Message, ModelInfo, SamplingParams
+from localllm.types import GenerationRequest, Message, ModelInfo, OutputConstraint, SamplingParams
 
 
 @dataclass
@@ -137,15 +138,25 @@ class LoadedModel:
         return tokens, dropped
 
     def chat(self, messages: Sequence[Message], sampling: SamplingParams = SamplingParams(),
-             max_tokens: int | None = None, stop: Sequence[str] = ()) -> RequestHandle:
-        """Generate the assistant's reply. If the overflow policy dropped old turns,
-        `handle.request.dropped_messages` says how many."""
+             max_tokens: int | None = None, stop: Sequence[str] = (),
+             constraint: OutputConstraint | None = None) -> RequestHandle:
+        """Generate the assistant's reply (inside `constraint` when given). If the
+        overflow policy dropped old turns, `handle.request.dropped_messages` says how many."""
         tokens, dropped = self.fit_chat(messages, max_tokens)
-        return self.submit(self.request(tokens, sampling, max_tokens, stop, dropped))
+        request = self.request(tokens, sampling, max_tokens, stop, dropped)
+        return self.submit(dataclasses.replace(request, constraint=constraint))
 
     def complete(self, prompt: str, sampling: SamplingParams = SamplingParams(),
-                 max_tokens: int | None = None, stop: Sequence[str] = (), special: bool = False) -> RequestHandle:
-        return self.submit(self.request(self.text_tokens(prompt, special), sampling, max_tokens, stop))
+                 max_tokens: int | None = None, stop: Sequence[str] = (), special: bool = False,
+                 constraint: OutputConstraint | None = None) -> RequestHandle:
+        request = self.request(self.text_tokens(prompt, special), sampling, max_tokens, stop)
+        return self.submit(dataclasses.replace(request, constraint=constraint))
+
+    def check_constraint(self, constraint: OutputConstraint) -> None:
+        """A UserError when `constraint` cannot be enforced with this model's vocabulary."""
+        from localllm.engine.constraint import compiler_for
+
+        compiler_for(self.tokenizer).check(constraint)
 
     def embeddings(self):
         """The model's `EmbeddingRunner` (`localllm.engine.embeddings`): an embedding

@@ -7,7 +7,7 @@ import sys
 
 from localllm.cli import add_runtime_flags, settings_from_args
 from localllm.errors import UserError
-from localllm.types import GenerationStats, Message, SamplingParams
+from localllm.types import GenerationStats, Message, OutputConstraint, SamplingParams
 
 
 def add_sampling_flags(p) -> None:
@@ -41,6 +41,7 @@ def configure(sub) -> None:
     chat.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the model's own")
     chat.add_argument("--overflow", choices=("refuse", "drop-oldest"), help="when a chat outgrows the context: refuse (default) or drop the oldest turns")
     chat.add_argument("--no-cache", dest="prefix_cache", action="store_false", default=None, help="do not reuse or snapshot the KV cache")
+    chat.add_argument("--json-schema", metavar="FILE", help="the reply is JSON valid against the schema in FILE (constrained decoding)")
     add_sampling_flags(run)
     add_runtime_flags(run)
     run.set_defaults(handler=run_command)
@@ -73,6 +74,23 @@ def reply_limits(args, defaults) -> tuple[int, list[str]]:
     return max_tokens, list(args.stop) if args.stop else list(defaults.stop)
 
 
+def read_json_schema(path: str) -> OutputConstraint:
+    """`--json-schema FILE` as a constraint: the file must hold a JSON object."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--json-schema {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        schema = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"--json-schema {path}: not valid JSON ({e})") from None
+    if not isinstance(schema, dict):
+        raise UserError(f"--json-schema {path}: a JSON schema is an object, not {type(schema).__name__}")
+    return OutputConstraint("json_schema", json.dumps(schema))
+
+
 def run_command(args) -> int:
     from localllm.runtime import load_model
 
@@ -84,6 +102,7 @@ def run_command(args) -> int:
 
         template = load_template_file(args.chat_template)
     check_max_tokens(args.max_tokens)
+    constraint = read_json_schema(args.json_schema) if args.json_schema else None
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
@@ -94,6 +113,12 @@ def run_command(args) -> int:
         raise UserError("the prompt is empty: give some text for the model to answer or continue")
     model = load_model(args.model, settings, chat_template=template, force=bool(args.force))
     try:
+        if constraint is not None:
+            try:
+                model.check_constraint(constraint)
+            except UserError as e:
+                raise UserError(f"--json-schema {args.json_schema}: {e}") from None
+        args.constraint = constraint
         defaults = model.defaults
         sampling = sampling_from_args(args, defaults)
         args.max_tokens, args.stop = reply_limits(args, defaults)
@@ -110,10 +135,12 @@ def run_command(args) -> int:
         if prompt is None:
             return _repl(model, args, sampling, chat)
         if chat:
-            handle = model.chat(_opening(args, model) + [Message("user", prompt)], sampling, args.max_tokens, args.stop)
+            handle = model.chat(_opening(args, model) + [Message("user", prompt)], sampling, args.max_tokens, args.stop,
+                                constraint=constraint)
         else:
             text = f"{args.system}\n\n{prompt}" if args.system else prompt
-            handle = model.complete(text, sampling, args.max_tokens, args.stop, special=args.raw)
+            handle = model.complete(text, sampling, args.max_tokens, args.stop, special=args.raw,
+                                    constraint=constraint)
         _report(_stream(handle), args, model)
     finally:
         model.close()
@@ -177,9 +204,11 @@ def _repl(model, args, sampling, chat: bool) -> int:
         reply: list[str] = []
         try:
             if chat:
-                handle = model.chat(messages + [Message("user", line)], sampling, args.max_tokens, args.stop)
+                handle = model.chat(messages + [Message("user", line)], sampling, args.max_tokens, args.stop,
+                                    constraint=args.constraint)
             else:
-                handle = model.complete(transcript + line, sampling, args.max_tokens, args.stop, special=args.raw)
+                handle = model.complete(transcript + line, sampling, args.max_tokens, args.stop, special=args.raw,
+                                        constraint=args.constraint)
             if handle.request.dropped_messages:
                 print(f"(the conversation outgrew the context: {handle.request.dropped_messages} oldest messages "
                       "left out)", file=sys.stderr)
