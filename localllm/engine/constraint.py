@@ -112,7 +112,12 @@ class TokenMatcher:
 
 
 class _EncodeText:
-    """llguidance's view of our tokenizer: text to ids, never control tokens."""
+    """llguidance's view of our tokenizer: text to ids, never control tokens.
+
+    llguidance tokenizes the text a grammar forces (`{"` after a key, say) in the middle
+    of a reply. A SentencePiece vocabulary that puts a space before the first word would
+    turn "{" into "▁{": for those, forced text is split by longest match over the
+    vocabulary's pieces instead (a valid split, not always the canonical one)."""
 
     def __init__(self, tokenizer: Tokenizer, eos: int, bos: int | None, tokens: list[bytes], special: list[int]):
         self._tokenizer = tokenizer
@@ -120,11 +125,35 @@ class _EncodeText:
         self.bos_token_id = bos
         self.tokens = tokens
         self.special_token_ids = special
+        self._pieces: dict[bytes, int] | None = None
+        self._longest = 0
 
     def __call__(self, text):
         if isinstance(text, bytes):  # llguidance asks once whether bytes are accepted: no
             raise TypeError("text, not bytes")
-        return self._tokenizer.encode(text, add_bos=False, special=False)
+        if not self._tokenizer.adds_space_prefix:
+            return self._tokenizer.encode(text, add_bos=False, special=False)
+        return self._longest_match(text.encode("utf-8"))
+
+    def _longest_match(self, data: bytes) -> list[int]:
+        if self._pieces is None:
+            special = set(self.special_token_ids)
+            self._pieces = {}
+            for i, piece in enumerate(self.tokens):
+                if i not in special and piece:
+                    self._pieces.setdefault(piece, i)
+            self._longest = max(map(len, self._pieces), default=1)
+        out, i = [], 0
+        while i < len(data):
+            for n in range(min(self._longest, len(data) - i), 0, -1):
+                token = self._pieces.get(data[i:i + n])
+                if token is not None:
+                    out.append(token)
+                    i += n
+                    break
+            else:  # a byte no piece covers: the vocabulary cannot write it
+                raise ValueError(f"no token for byte {data[i]:#x}")
+        return out
 
 
 class ConstraintCompiler:

@@ -214,3 +214,18 @@ def test_sampled_logprobs_are_of_the_tempered_distribution(stories):
                                                           max_tokens=8, logprobs=0)) if c.token is not None]
     for c in chunks:
         assert c.logprob.token == c.token and c.logprob.top == () and c.logprob.logprob <= 0.0
+
+
+def test_a_sentencepiece_vocabulary_with_a_space_prefix(stories):
+    """Forced text ('{"' after a key) is split without SentencePiece's leading space:
+    the engine must not stop with a grammar error on stories260K's vocabulary."""
+    prompt = tuple(stories.backend.vocabulary.encode("Once upon a time"))
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
+                                               "kind": {"enum": ["cat", "dog"]}},
+              "required": ["name", "kind"], "additionalProperties": False}
+    for sampling in (SamplingParams(temperature=0), SamplingParams(temperature=1.0, seed=4)):
+        handle = stories.submit(GenerationRequest(prompt, sampling, max_tokens=60,
+                                                  constraint=OutputConstraint("json_schema", json.dumps(schema))))
+        text = handle.text()
+        assert handle.finish_reason == "stop", text
+        jsonschema.validate(json.loads(text), schema)
