@@ -35,7 +35,7 @@ def worker(backend_name: str, path: str, n_decode: int, threads: int) -> dict:
     from localllm.config import Settings
 
     settings = Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), backend=backend_name,
-                        ctx_size=1024, threads=threads)
+                        ctx_size=1024, threads=threads, flash_attn="off")  # no per-load calibration
     t0 = time.perf_counter()
     backend = load_backend(path, settings, force=True)
     load_s = time.perf_counter() - t0
@@ -68,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--decode", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads (MLX picks its own)")
     ap.add_argument("--skip-1b", action="store_true")
     ap.add_argument("--worker", nargs=2, metavar=("BACKEND", "MODEL"))
     args = ap.parse_args()
