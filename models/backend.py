@@ -223,7 +223,10 @@ class MLXBackend:
     def memory(self) -> MemoryReport:
         kv = sum(self.cache_bytes(c) for c in self._caches if c.layers)
         self._caches = [c for c in self._caches if c.layers]
-        return MemoryReport(weights_bytes=self.weights_bytes, kv_cache_bytes=kv, compute_bytes=0)
+        # What MLX holds beyond weights and caches: live temporaries and its buffer cache.
+        held = int(mx.get_active_memory()) + int(mx.get_cache_memory())
+        return MemoryReport(weights_bytes=self.weights_bytes, kv_cache_bytes=kv,
+                            compute_bytes=max(0, held - self.weights_bytes - kv))
 
     def peak_memory_bytes(self) -> int:
         """MLX's own peak allocation since the process started (device memory on Metal)."""
