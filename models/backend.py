@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Sequence
 
 import mlx.core as mx
@@ -67,6 +68,14 @@ def compute_dtype():
     return mx.float16 if mx.metal.is_available() else mx.float32
 
 
+def model_identity(path: str) -> str:
+    """Path, sizes and modification times of the weights: a saved state is refused once
+    the files behind it change (an MLX folder's weights rewritten in place, say)."""
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
+    return "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
 class MLXBackend:
     """A model loaded into MLX (`localllm.backend.protocol.Backend`)."""
 
@@ -87,6 +96,7 @@ class MLXBackend:
         self.vocab_size = int(model.args.vocab_size)
         self._caches: list[MLXCache] = []
         self._closed = False
+        self._model_identity = model_identity(info.path)
 
     # -- caches --------------------------------------------------------------------------
 
@@ -178,7 +188,7 @@ class MLXBackend:
     def _state_header(self, cache: MLXCache) -> dict:
         return {
             "format": STATE_FORMAT,
-            "model": self.info.path,
+            "model": self._model_identity,
             "kv_type": self.kv_type,
             "n_layers": len(cache.layers),
             "tokens": len(cache.tokens),

@@ -179,3 +179,23 @@ def test_cli_refuses_what_mlx_cannot_run_in_one_line(tmp_path):
     vocab_only = require_model("llama-vocab-spm/ggml-vocab-llama-spm.gguf")
     r = run_cli("run", str(vocab_only), "hi", "--backend", "mlx")
     assert r.returncode == 2 and "only a vocabulary" in r.stderr
+
+
+def test_a_state_is_refused_once_the_weights_change(stories_path, tmp_path):
+    import os
+    import shutil
+
+    path = tmp_path / "stories.gguf"
+    shutil.copy(stories_path, path)
+    first = load_backend(str(path), settings())
+    cache = first.new_cache()
+    first.forward([1, 400, 401], cache)
+    state = first.save_state(cache)
+    assert first.load_state(first.new_cache(), [1, 400, 401], state)
+    first.close()
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    second = load_backend(str(path), settings())
+    try:
+        assert not second.load_state(second.new_cache(), [1, 400, 401], state)
+    finally:
+        second.close()
