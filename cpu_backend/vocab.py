@@ -20,6 +20,7 @@ import llama_cpp
 from . import llama_log
 from localllm.errors import ModelFileError
 from localllm.formats.gguf import read_header
+from localllm.formats.gguf_checks import check_header_values
 from localllm.tokenizer.base import TokenizerBase, end_of_turn_ids_from
 
 
@@ -51,6 +52,8 @@ class LlamaCppVocabulary(TokenizerBase):
         """The vocabulary of a GGUF file, loaded without its weights."""
         path = Path(path)
         meta, _ = read_header(path)  # a clear error for a missing or foreign file
+        arch = meta.get("general.architecture")
+        check_header_values(path, meta, arch if isinstance(arch, str) else "")  # what llama.cpp asserts on
         log = llama_log.install(False)
         params = llama_cpp.llama_model_default_params()
         params.vocab_only = True

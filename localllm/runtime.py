@@ -78,7 +78,8 @@ class LoadedModel:
                     tools: Sequence[dict] | None = None) -> list[int]:
         """`tools`: OpenAI tool objects for a chat template that renders them."""
         extra = {"tools": list(tools)} if tools else {}
-        return self.prompter.encode(messages, add_generation_prompt=add_generation_prompt, **extra)
+        with self.in_use():  # whatever thread asks, the model stays open until it is done
+            return self.prompter.encode(messages, add_generation_prompt=add_generation_prompt, **extra)
 
     def text_tokens(self, prompt: str, special: bool = False) -> list[int]:
         """A prompt continued as written. `special=True` is for prompts a client
@@ -87,7 +88,8 @@ class LoadedModel:
         vocab = self.tokenizer
         if not prompt:
             return [vocab.bos_id] if vocab.bos_id is not None else []
-        tokens = vocab.encode(prompt, add_bos=True, special=special)
+        with self.in_use():
+            tokens = vocab.encode(prompt, add_bos=True, special=special)
         if special and len(tokens) > 1 and tokens[0] == tokens[1] == vocab.bos_id and vocab.add_bos:
             del tokens[0]  # the prompt spells out BOS itself: one is enough
         return tokens

@@ -148,3 +148,19 @@ def test_fuzz_mutated_headers_exit_2_or_run(stories_path, tmp_path, isolated_hom
         assert r.returncode in (0, 2), f"mutation {i}: exit {r.returncode}: {r.stderr[-800:]}"
         assert "Traceback" not in r.stderr
     assert outcomes.get(2, 0) >= 8, outcomes
+
+
+def test_vocabulary_only_file_with_a_duplicate_token_is_refused(tmp_path):
+    """The tokenizer loads vocabulary-only GGUFs through llama.cpp too: checked first."""
+    from tests.conftest import require_model
+
+    src = require_model("llama-vocab-spm/ggml-vocab-llama-spm.gguf")
+    tokens = g.string_array_of(src, "tokenizer.ggml.tokens")
+    tokens[500] = tokens[501]
+    bad = g.craft(src, tmp_path / "vocab.gguf", {"tokenizer.ggml.tokens": g.strings(tokens)})
+    code = ("from localllm.cpu_backend.vocab import LlamaCppVocabulary\n"
+            "from localllm.errors import ModelFileError\n"
+            f"try:\n    LlamaCppVocabulary.from_file({str(bad)!r})\n"
+            "except ModelFileError as e:\n    print('refused:', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("refused:") and "twice" in r.stdout, r.stderr[-500:]
