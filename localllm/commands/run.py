@@ -53,6 +53,13 @@ def check_max_tokens(n: int | None) -> None:
         raise UserError(f"--max-tokens must be a positive number of tokens, or -1 for no limit (got {n})")
 
 
+def check_utf8(text: str | None, what: str) -> None:
+    """Bytes that are not UTF-8 (in an argument or on stdin) reach Python as lone
+    surrogates, which no tokenizer can encode: one line saying so instead of a crash."""
+    if text is not None and any("\ud800" <= ch <= "\udfff" for ch in text):
+        raise UserError(f"{what} is not valid UTF-8 text: give it as UTF-8 (check the terminal's or file's encoding)")
+
+
 def sampling_from_args(args, defaults=None) -> SamplingParams:
     """The flags given, over a created model's parameters (`defaults`), over the defaults."""
     given = {name for name in SAMPLING_FLAGS if getattr(args, name) is not None}
@@ -111,6 +118,8 @@ def run_command(args) -> int:
                             "or run `localllm run MODEL` on a terminal for a conversation")
     elif prompt is not None and not prompt.strip():
         raise UserError("the prompt is empty: give some text for the model to answer or continue")
+    for what, text in (("the prompt", prompt), ("--system", args.system)):
+        check_utf8(text, what)
     model = load_model(args.model, settings, chat_template=template, force=bool(args.force))
     try:
         if constraint is not None:
@@ -203,6 +212,7 @@ def _repl(model, args, sampling, chat: bool) -> int:
             continue
         reply: list[str] = []
         try:
+            check_utf8(line, "that line")
             if chat:
                 handle = model.chat(messages + [Message("user", line)], sampling, args.max_tokens, args.stop,
                                     constraint=args.constraint)
