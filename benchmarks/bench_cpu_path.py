@@ -48,8 +48,11 @@ class BareLoop:
         import llama_cpp as L
 
         self.L = L
+        from localllm.cpu_backend.llamacpp import AMX_BUILD
+
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = 0
+        mp.use_extra_bufts = not AMX_BUILD  # as our backend loads it (AMX builds crash on batches)
         self.model = L.llama_model_load_from_file(path.encode(), mp)
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_batch, n_batch
