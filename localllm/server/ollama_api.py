@@ -114,7 +114,7 @@ def parse_messages(items: list) -> tuple[Message, ...]:
         if role not in _ROLES:
             raise BadRequest(f"'{where}.role' is {role!r}: use system, user, assistant or tool")
         m.refuse_if_set("images", "this server runs text-only models")
-        calls = structured_fields.ollama_tool_calls(m) if role == "assistant" else ()
+        calls = structured_fields.history_tool_calls(m) if role == "assistant" else ()
         messages.append(Message(role, m.text("content", ""), tool_calls=calls,
                                 name=m.text("tool_name") if role == "tool" else None))
     return tuple(messages)

@@ -126,7 +126,7 @@ def parse_messages(items: list) -> tuple[Message, ...]:
             raise BadRequest(f"'{where}.role' is {role!r}: use system, developer, user, assistant or tool",
                              param=f"{where}.role")
         m.refuse_if_set("function_call", "the legacy 'function_call' is not supported: send 'tool_calls'")
-        calls = structured_fields.openai_tool_calls(m) if role == "assistant" else ()
+        calls = structured_fields.history_tool_calls(m) if role == "assistant" else ()
         messages.append(Message(_ROLES[role], _content(item.get("content"), where), tool_calls=calls,
                                 tool_call_id=m.text("tool_call_id") if role == "tool" else None,
                                 name=m.text("name") if role == "tool" else None))

@@ -64,14 +64,18 @@ def ollama_format(f: Fields) -> OutputConstraint | None:
     raise BadRequest("'format' must be \"json\" or a JSON schema object", param="format")
 
 
-def tools(f: Fields) -> tuple[dict, ...]:
-    items = f.array("tools", limit=MAX_TOOLS) or []
-    out = []
-    for i, item in enumerate(items):
-        where = f"tools[{i}]"
+def _objects(f: Fields, key: str, limit: int | None = None):
+    """(index, fields, name) of each object in the array `key`; a 400 for anything else."""
+    for i, item in enumerate(f.array(key, limit=limit) or []):
+        where = f"{f.where}{key}[{i}]"
         if not isinstance(item, dict):
             raise BadRequest(f"'{where}' must be an object", param=where)
-        t = Fields(item, f"{where}.")
+        yield i, Fields(item, f"{where}."), where
+
+
+def tools(f: Fields) -> tuple[dict, ...]:
+    out = []
+    for _, t, where in _objects(f, "tools", MAX_TOOLS):
         kind = t.text("type", "function")
         if kind != "function":
             raise BadRequest(f"'{where}.type' is {kind!r}: only function tools are supported", param=f"{where}.type")
@@ -120,35 +124,17 @@ def tool_choice(f: Fields, has_tools: bool) -> str | None:
     return choice
 
 
-def openai_tool_calls(m: Fields) -> tuple[ToolCall, ...]:
-    items = m.array("tool_calls") or []
+def history_tool_calls(m: Fields) -> tuple[ToolCall, ...]:
+    """An assistant message's `tool_calls`, in OpenAI's shape (arguments as JSON text, an
+    id) or Ollama's (arguments as an object, no id)."""
     calls = []
-    for j, item in enumerate(items):
-        where = f"{m.where}tool_calls[{j}]"
-        if not isinstance(item, dict):
-            raise BadRequest(f"'{where}' must be an object", param=where)
-        c = Fields(item, f"{where}.")
+    for j, c, where in _objects(m, "tool_calls"):
         fn = c.obj("function")
         if fn is None:
             raise BadRequest(f"'{where}.function' is required", param=f"{where}.function")
-        arguments = fn.raw("arguments", "{}")
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments)
-        calls.append(ToolCall(c.text("id", "") or f"call_{j}", fn.text("name", required=True), arguments))
-    return tuple(calls)
-
-
-def ollama_tool_calls(m: Fields) -> tuple[ToolCall, ...]:
-    items = m.array("tool_calls") or []
-    calls = []
-    for j, item in enumerate(items):
-        where = f"{m.where}tool_calls[{j}]"
-        fn = Fields(item, f"{where}.").obj("function") if isinstance(item, dict) else None
-        if fn is None:
-            raise BadRequest(f"'{where}.function' is required", param=where)
         arguments = fn.raw("arguments", {})
         text = arguments if isinstance(arguments, str) else json.dumps(arguments)
-        calls.append(ToolCall(f"call_{j}", fn.text("name", required=True), text))
+        calls.append(ToolCall(c.text("id", "") or f"call_{j}", fn.text("name", required=True), text))
     return tuple(calls)
 
 
