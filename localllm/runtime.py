@@ -134,8 +134,8 @@ class LoadedModel:
 
         reserve = max_tokens if max_tokens and max_tokens > 0 else max(1, self.n_ctx // 8)
         tokens, _, dropped = fit_messages(
-            messages, lambda m: self.chat_tokens(m, tools=tools), self.n_ctx, min(reserve, self.n_ctx - 1),
-            OverflowPolicy(policy or self.overflow)
+            messages, (lambda m: self.chat_tokens(m, tools=tools)) if tools else self.chat_tokens, self.n_ctx,
+            min(reserve, self.n_ctx - 1), OverflowPolicy(policy or self.overflow)
         )
         return tokens, dropped
 
