@@ -152,5 +152,14 @@ def cached_model(shape: LlamaShape = LLAMA_1B, quant: str = "Q4_K_M", folder: Pa
     return out
 
 
+def benchmark_models(include_1b: bool = True) -> list[tuple[str, Path]]:
+    """(label, path) of the real SmolLM2 chat model and, unless left out, the 1.1B Q4_K_M
+    built here: the pair the llama-server comparisons run on."""
+    models = [("SmolLM2-135M Q4_1", SHARED_MODELS / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf")]
+    if include_1b:
+        models.append(("1.1B Q4_K_M", cached_model()))
+    return models
+
+
 if __name__ == "__main__":
     print(cached_model())

@@ -28,13 +28,16 @@ import numpy as np
 from . import llama_log
 from .attention_calibration import choose_flash_attn
 from .vocab import LlamaCppVocabulary
-from localllm.backend.protocol import CacheCapability, HostLogits, MemoryReport, window_min_tokens
+from localllm.backend.protocol import (BatchItem, CacheCapability, HostLogits, MemoryReport, forward_each,
+                                       window_min_tokens)
 from localllm.types import ModelInfo
 from localllm.errors import ContextOverflowError, ModelFileError
 
 KV_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
-MAX_SEQUENCES = 8
+# Sequence ids of one context: the caches decoding together (--parallel), the idle
+# working cache the next turn extends, and one spare for the KV-cache manager's copies.
+MIN_SEQUENCES = 8
 # A build with llama.cpp's AMX kernels (compiled in by -march=native on a CPU that has
 # AMX) crashed with a segfault on every batch of 2 or more tokens of a quantized model
 # (SmolLM2 Q4_1, a Q4_K_M llama) on the 2-core Xeon VM this project is built on, whatever
@@ -116,7 +119,8 @@ class LlamaCppBackend:
         cparams.n_ctx = ctx_size * max(1, kv_pool)
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
-        cparams.n_seq_max = MAX_SEQUENCES
+        self.n_sequences = max(MIN_SEQUENCES, kv_pool + 2)
+        cparams.n_seq_max = self.n_sequences
         cparams.kv_unified = True
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
@@ -149,6 +153,7 @@ class LlamaCppBackend:
         self.kv_cells = llama_cpp.llama_n_ctx(self._ctx)
         self.n_ctx = min(ctx_size, self.kv_cells)
         self.n_batch = n_batch = min(n_batch, llama_cpp.llama_n_batch(self._ctx))
+        self.max_batch_tokens = n_batch
         self.vocabulary = LlamaCppVocabulary(self._model, info.metadata)
         self.vocab_size = llama_cpp.llama_vocab_n_tokens(self._vocab)
         # A recurrent state (Mamba, RWKV; hybrids hold one too) cannot be cut back.
@@ -162,13 +167,13 @@ class LlamaCppBackend:
         self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
         self._b_nseq[:] = 1
         self._b_seq_written = [-1] * n_batch  # which seq id each slot's seq_id[i][0] holds
-        self._free_seqs = list(range(MAX_SEQUENCES - 1, -1, -1))
+        self._free_seqs = list(range(self.n_sequences - 1, -1, -1))
 
     # -- caches ------------------------------------------------------------------------
 
     def new_cache(self) -> LlamaCppCache:
         if not self._free_seqs:
-            raise RuntimeError(f"all {MAX_SEQUENCES} KV sequences of this context are in use")
+            raise RuntimeError(f"all {self.n_sequences} KV sequences of this context are in use")
         return LlamaCppCache(self, self._free_seqs.pop())
 
     def _release(self, cache: LlamaCppCache) -> None:
@@ -269,6 +274,47 @@ class LlamaCppBackend:
             return HostLogits(rows[0] if len(rows) == 1 else np.concatenate(rows))
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
         return HostLogits(np.ctypeslib.as_array(ptr, shape=(1, self.vocab_size)))
+
+    def forward_batch(self, items: Sequence[BatchItem]) -> list[HostLogits]:
+        """All items in one llama_decode (each cache is one sequence id of the shared KV
+        buffer); the logits rows stay in llama.cpp's output buffer, one view per item."""
+        total = sum(len(item.tokens) for item in items)
+        if total > self.n_batch or len(items) == 1:
+            return forward_each(self, items) if len(items) > 1 else [self.forward(items[0].tokens, items[0].cache, items[0].all_logits)]
+        for item in items:
+            if len(item.cache.tokens) + len(item.tokens) > self.n_ctx:
+                raise ContextOverflowError(f"{len(item.cache.tokens) + len(item.tokens)} tokens do not fit the "
+                                           f"context of {self.n_ctx}: use a larger --ctx-size")
+        batch, written = self._batch, self._b_seq_written
+        batch.n_tokens = total
+        rows_of: list[tuple[int, int]] = []  # each item's rows in the output buffer
+        i = n_out = 0
+        for cache, tokens, all_logits in items:
+            n, pos0, seq = len(tokens), len(cache.tokens), cache.seq_id
+            self._b_token[i:i + n] = tokens
+            self._b_pos[i:i + n] = np.arange(pos0, pos0 + n, dtype=np.int32)
+            self._b_logits[i:i + n] = 1 if all_logits else 0
+            self._b_logits[i + n - 1] = 1
+            for j in range(i, i + n):
+                if written[j] != seq:
+                    batch.seq_id[j][0] = seq
+                    written[j] = seq
+            rows = n if all_logits else 1
+            rows_of.append((n_out, rows))
+            n_out += rows
+            i += n
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc != 0:
+            for cache, _, _ in items:  # keep nothing of a failed batch
+                llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, len(cache.tokens), -1)
+            if rc == 1:
+                raise ContextOverflowError(f"no room left in the KV cache ({self.kv_cells} cells shared by "
+                                           f"{len(items)} sequences): use a larger --ctx-size or a smaller --parallel")
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+        for cache, tokens, _ in items:
+            cache.tokens.extend(tokens)
+        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(n_out, self.vocab_size))
+        return [HostLogits(out[lo:lo + rows]) for lo, rows in rows_of]
 
     def _fill_batch(self, chunk: Sequence[int], pos0: int, seq_id: int, all_logits: bool, last_chunk: bool) -> None:
         n = len(chunk)

@@ -17,9 +17,6 @@ from localllm.types import ModelInfo
 
 KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
 BATCH_TOKENS = 512
-# Full contexts of KV the llama.cpp context reserves: only the working cache lives there
-# (the KV-cache manager parks others in host memory).
-KV_POOL = 1
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ def _shape(info: ModelInfo) -> _Shape:
     )
 
 
-def estimate_llamacpp_memory(info: ModelInfo, ctx_size: int, kv_type: str, kv_contexts: int = KV_POOL) -> MemoryEstimate:
+def estimate_llamacpp_memory(info: ModelInfo, ctx_size: int, kv_type: str, kv_contexts: int = 1) -> MemoryEstimate:
     """From the GGUF header alone:
       weights   the tensor bytes (llama.cpp maps them; every page is touched when decoding)
       KV cache  layers x KV heads x (key + value width) x cells x bytes per value, where the
@@ -88,8 +85,11 @@ class LlamaCppLoader:
         # Every header value llama.cpp would assert on, weights present, a known architecture.
         return check_loadable(path)
 
-    def estimate_memory(self, info: ModelInfo, ctx_size: int, kv_type: str) -> MemoryEstimate:
-        return estimate_llamacpp_memory(info, ctx_size, kv_type)
+    def estimate_memory(self, info: ModelInfo, ctx_size: int, kv_type: str, sequences: int = 1) -> MemoryEstimate:
+        # The KV buffer holds a full context for each sequence that decodes at once
+        # (--parallel; the idle working cache is one of them, other caches are parked in
+        # host memory by the KV-cache manager), so none can run out of room mid-reply.
+        return estimate_llamacpp_memory(info, ctx_size, kv_type, kv_contexts=sequences)
 
     def load(self, info: ModelInfo, settings):
         from localllm.cpu_backend.llamacpp import LlamaCppBackend
@@ -97,7 +97,7 @@ class LlamaCppLoader:
         return LlamaCppBackend(
             info,
             ctx_size=settings.ctx_size,
-            kv_pool=KV_POOL,
+            kv_pool=settings.resolved_parallel,
             threads=settings.resolved_threads,
             kv_type=settings.kv_type,
             flash_attn=settings.flash_attn,

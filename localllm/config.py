@@ -100,6 +100,9 @@ class Settings:
     kv_type: str = "f16"
     # "auto": measured once per model file and machine (cpu_backend/attention_calibration.py)
     flash_attn: str = "auto"
+    # Requests decoding together (continuous batching); more wait their turn. 0: chosen
+    # from the machine (`resolved_parallel`); the CLI's run and chat serve one at a time.
+    parallel: int = 0
     # llama.cpp: layers offloaded to the GPU (Metal on Apple Silicon) where the build
     # supports it; -1 all of them, 0 CPU only. Ignored by a CPU-only build.
     gpu_layers: int = -1
@@ -116,6 +119,14 @@ class Settings:
     @property
     def snapshots_dir(self) -> Path:
         return self.cache_dir / "kv-snapshots"
+
+    @property
+    def resolved_parallel(self) -> int:
+        """`parallel`, or from the machine: 4 (llama-server's default) where there are 4
+        physical cores or more, else 2. Batched decoding reads the weights once per step
+        for all sequences, so a few sequences cost little more than one on a
+        memory-bound CPU; each takes a full context of KV (see cpu_backend/loader.py)."""
+        return self.parallel if self.parallel > 0 else (4 if physical_cores() >= 4 else 2)
 
     @property
     def resolved_threads(self) -> int:
@@ -137,6 +148,8 @@ class Settings:
             raise UserError(f"unknown overflow policy {self.overflow!r}: choose one of {', '.join(OVERFLOW_POLICIES)}")
         if self.gpu_layers < -1:
             raise UserError(f"--gpu-layers {self.gpu_layers} must be -1 (all), 0 (CPU only) or a number of layers")
+        if self.parallel < 0 or self.parallel > 64:
+            raise UserError(f"--parallel {self.parallel} must be 0 (auto) or between 1 and 64")
         if self.threads < 0:
             raise UserError(f"--threads {self.threads} must be 0 (auto) or a positive number")
         return self
@@ -148,6 +161,7 @@ _ENV_KEYS = {
     "ctx_size": "LOCALLLM_CTX_SIZE",
     "kv_type": "LOCALLLM_KV_TYPE",
     "flash_attn": "LOCALLLM_FLASH_ATTN",
+    "parallel": "LOCALLLM_PARALLEL",
     "gpu_layers": "LOCALLLM_GPU_LAYERS",
 }
 

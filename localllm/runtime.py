@@ -48,6 +48,11 @@ class LoadedModel:
         return self.engine.backend.info
 
     @property
+    def parallel(self) -> int:
+        """Requests its engine decodes together; more wait in its queue."""
+        return self.engine.parallel
+
+    @property
     def n_ctx(self) -> int:
         return self.engine.backend.n_ctx
 
@@ -217,7 +222,7 @@ def load_model(name: str, settings: Settings, *, chat_template: str | None = Non
     try:
         template = chat_template if chat_template is not None else (defaults.template or backend.info.chat_template)
         prompter = ChatPrompter(backend.vocabulary, template, model_name=name)
-        engine = Engine(backend, make_cache_manager(backend, path, settings))
+        engine = Engine(backend, make_cache_manager(backend, path, settings), parallel=settings.resolved_parallel)
     except BaseException:
         backend.close()
         raise

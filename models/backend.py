@@ -24,7 +24,7 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
-from localllm.backend.protocol import CacheCapability, MemoryReport, window_min_tokens
+from localllm.backend.protocol import BatchItem, CacheCapability, MemoryReport, forward_each, window_min_tokens
 from localllm.errors import ContextOverflowError
 from localllm.models.cache import KV_GROUP, STEP, SlidingKVCache
 from localllm.types import ModelInfo
@@ -93,6 +93,7 @@ class MLXBackend:
         self.dtype = dtype or model.dtype
         self.weights_bytes = weights_bytes
         self.n_ctx = ctx_size
+        self.max_batch_tokens = PREFILL_CHUNK
         self.vocab_size = int(model.args.vocab_size)
         self._caches: list[MLXCache] = []
         self._closed = False
@@ -168,6 +169,10 @@ class MLXBackend:
         logits = rows[0] if len(rows) == 1 else mx.concatenate(rows, axis=0)
         mx.async_eval(logits)
         return MLXLogits(logits)
+
+    def forward_batch(self, items: Sequence[BatchItem]) -> list:
+        # Not yet one batched pass over several caches (left for later): one after another.
+        return forward_each(self, items)
 
     def _state_arrays(self, cache: MLXCache) -> list[mx.array]:
         return [a for layer in cache.layers for a in layer.state().values()]

@@ -66,7 +66,7 @@ class MLXLoader:
         info.metadata["_mlx_weights_bytes"] = int(in_memory)
         return info
 
-    def estimate_memory(self, info: ModelInfo, ctx_size: int, kv_type: str) -> MemoryEstimate:
+    def estimate_memory(self, info: ModelInfo, ctx_size: int, kv_type: str, sequences: int = 1) -> MemoryEstimate:
         """weights: the repacked size (see GROWTH); KV: full-attention layers x KV heads
         x head size x (key + value) x context x bytes per value (sliding layers counted
         at full context: errs high); compute: one prefill chunk's attention scores over
@@ -89,7 +89,7 @@ class MLXLoader:
         kv = int(n_layer * n_kv * head_dim * 2 * ctx * per_value)
         weights = int(meta.get("_mlx_weights_bytes") or meta.get("_weights_bytes") or 0)
         compute = 4 * CHUNK * (n_head * ctx + (info.vocab_size or 32000) + 4 * n_embd)
-        return MemoryEstimate(weights, kv, compute, OVERHEAD_BYTES, ctx, kv_type, 1)
+        return MemoryEstimate(weights, kv * sequences, compute, OVERHEAD_BYTES, ctx, kv_type, sequences)
 
     def load(self, info: ModelInfo, settings):
         from localllm.models.backend import MLXBackend, compute_dtype

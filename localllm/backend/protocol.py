@@ -30,6 +30,16 @@ argmax of every row, or a few rows). A handle is valid until the next `forward`,
 Rows are float32 of width `Backend.vocab_size` (the model's output width; it may exceed
 the vocabulary's size when the embedding is padded: the engine never samples those ids).
 
+Batches. `forward_batch(items)` feeds several caches in one pass: each `BatchItem` is a
+cache, the tokens to append to it (one decode token, a speculative draft, or a chunk of a
+prompt) and whether it wants every fed position's logits. It returns one `Logits` per
+item, in order, with the same meaning as `forward` for that item alone (up to float
+rounding), all valid until the next forward/trim/load_state/close. Each cache appears at
+most once. A backend that cannot batch runs the items one after another
+(`forward_each`), copying each item's logits so all stay valid; llama.cpp decodes them in
+one `llama_decode`, which is what makes several requests decode for about the price of
+one on a memory-bound CPU. The engine keeps a batch within `max_batch_tokens`.
+
 Trimming. `trim(cache, n)` keeps the first n tokens. n >= len(cache.tokens) does nothing;
 n == 0 always works (it empties the cache). Other n work only when
 `cache_capability(cache)` allows them: a full-attention cache can be cut anywhere; a
@@ -52,7 +62,7 @@ capability's `restored_min_tokens`, asked before saving, says how far it can be 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -108,6 +118,14 @@ def window_min_tokens(oldest_held: int, window: int) -> int:
     return 0 if oldest_held <= 0 else oldest_held + window - 1
 
 
+class BatchItem(NamedTuple):
+    """One cache's share of a `Backend.forward_batch` pass."""
+
+    cache: "Cache"
+    tokens: Sequence[int]
+    all_logits: bool = False
+
+
 class Logits(Protocol):
     """The logits of the positions one `forward` call computed, one row per position
     (all fed positions with `all_logits=True`, else only the last)."""
@@ -153,6 +171,12 @@ class Backend(Protocol):
         Raises `localllm.errors.ContextOverflowError` (cache unchanged) when the cache
         would hold more than `n_ctx` tokens."""
 
+    max_batch_tokens: int  # most tokens one forward_batch takes in one pass
+
+    def forward_batch(self, items: Sequence[BatchItem]) -> list[Logits]:
+        """`forward` for several caches at once (see the module docstring). Raises
+        `ContextOverflowError` with every cache unchanged when one would overflow."""
+
     def trim(self, cache: Cache, n_tokens: int) -> None:
         """Cut `cache` back to its first `n_tokens` tokens; raises ValueError (cache
         unchanged) when `cache_capability(cache)` does not allow `n_tokens` (see the
@@ -197,8 +221,9 @@ class BackendLoader(Protocol):
         """Read a model file's (or folder's) header; raise `ModelFileError` with one clear
         line for anything this backend cannot run."""
 
-    def estimate_memory(self, info: ModelInfo, ctx_size: int, kv_type: str) -> "MemoryEstimate":
-        """Bytes a load at `ctx_size` and `kv_type` would need, from the header alone."""
+    def estimate_memory(self, info: ModelInfo, ctx_size: int, kv_type: str, sequences: int = 1) -> "MemoryEstimate":
+        """Bytes a load at `ctx_size` and `kv_type` would need, from the header alone, with
+        room for `sequences` caches decoding at once (`Settings.resolved_parallel`)."""
 
     def load(self, info: ModelInfo, settings: "Settings") -> Backend:
         """Load the model (`settings.ctx_size` is already capped at the model's context)."""
@@ -218,3 +243,19 @@ class HostLogits:
 
     def argmax(self) -> np.ndarray:
         return np.argmax(self._rows, axis=-1)
+
+
+def forward_each(backend: Backend, items: Sequence[BatchItem]) -> list[Logits]:
+    """`forward_batch` for a backend that cannot batch: the items one after another, each
+    one's logits copied to the host so that the next forward does not overwrite them."""
+    from localllm.errors import ContextOverflowError
+
+    for item in items:
+        if len(item.cache.tokens) + len(item.tokens) > backend.n_ctx:
+            raise ContextOverflowError(f"{len(item.cache.tokens) + len(item.tokens)} tokens do not fit the context "
+                                       f"of {backend.n_ctx}: use a larger --ctx-size")
+    out: list[Logits] = []
+    for item in items:
+        logits = backend.forward(item.tokens, item.cache, item.all_logits)
+        out.append(HostLogits(np.array(logits.numpy(), copy=True).reshape(logits.n_rows, -1)))
+    return out

@@ -8,6 +8,7 @@ elsewhere. The loaders import their compute library only when a model is loaded.
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 from dataclasses import replace
@@ -95,7 +96,8 @@ def load_backend(model_path: str, settings: Settings, force: bool = False, notic
     settings = replace(settings, ctx_size=ctx_size)
     # llama.cpp offloading to Metal counts against the GPU's working set too.
     on_gpu = name in GPU_BACKENDS or (name == "llamacpp" and settings.gpu_layers != 0 and is_apple_silicon())
-    check_memory(info, settings, loader.estimate_memory, force=force, gpu=on_gpu)
+    estimate = functools.partial(loader.estimate_memory, sequences=settings.resolved_parallel)
+    check_memory(info, settings, estimate, force=force, gpu=on_gpu)
     return loader.load(info, settings)
 
 

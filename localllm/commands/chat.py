@@ -28,7 +28,7 @@ def chat_command(args) -> int:
     from localllm.errors import UserError
 
     # --verbose is not passed on: llama.cpp's log on stderr would garble the screen.
-    settings = settings_from_args(args, verbose=None, overflow=args.overflow)
+    settings = settings_from_args(args, verbose=None, overflow=args.overflow, parallel=1)
     if args.model:  # a bad file is one line and exit 2 here, not an error inside the app
         from localllm.registry.lookup import resolve_loadable_model
 

@@ -38,7 +38,7 @@ def embed_command(args) -> int:
         texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not texts:
         raise UserError("nothing to embed: give TEXT arguments or lines on standard input")
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, parallel=1)
     model = load_model(args.model, settings, force=bool(args.force))
     try:
         runner = model.embeddings()

@@ -101,7 +101,7 @@ def read_json_schema(path: str) -> OutputConstraint:
 def run_command(args) -> int:
     from localllm.runtime import load_model
 
-    settings = settings_from_args(args, overflow=args.overflow, prefix_cache=args.prefix_cache)
+    settings = settings_from_args(args, overflow=args.overflow, prefix_cache=args.prefix_cache, parallel=1)
     sampling_from_args(args)  # bad flags fail before the model loads
     template = None
     if args.chat_template:

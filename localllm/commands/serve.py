@@ -32,6 +32,9 @@ def configure(sub) -> None:
                         f"-1 forever, 0 unload at once (default: {DEFAULT_KEEP_ALIVE})")
     p.add_argument("--api-key", metavar="KEY",
                    help=f"require 'Authorization: Bearer KEY' on every request (default: ${API_KEY_ENV})")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="requests decoded together per model, in one batch (default: 4 on 4+ cores, else 2); "
+                        "more wait in the queue; each takes a context of KV memory")
     p.add_argument("--max-loaded", type=int, default=1, metavar="N", help="models held in memory at once (default: 1)")
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
                    help=f"generation requests allowed to wait; more get 503 (default: {DEFAULT_MAX_QUEUE})")
@@ -59,7 +62,7 @@ def serve_command(args) -> int:
     from localllm.server.config import DurationError, ServerConfig, parse_duration
     from localllm.server.runner import serve
 
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, parallel=args.parallel)
     try:
         keep_alive_s = parse_duration(args.keep_alive)
     except DurationError as e:

@@ -1,21 +1,23 @@
 """The engine: one thread owns the loaded model and serves requests from a queue.
 
 Frontends call `submit`, get a `RequestHandle`, iterate its chunks from their own thread
-and may `cancel` it at any time; the inference thread checks after every token. Errors
-raised while generating are re-raised in the consumer's thread.
+and may `cancel` it at any time; the inference thread checks before every step. Up to
+`parallel` requests run at once, decoding together in one forward pass per step
+(continuous batching, `engine/batching.py`); the rest wait in order. Errors raised while
+generating are re-raised in the consumer's thread.
 """
 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import queue
 import threading
 import time
 from typing import Callable, Iterator
 
 from localllm.backend.protocol import Backend, Cache
-from localllm.engine.generate import generate
+from localllm.engine.batching import RequestScheduler
+from localllm.kvcache.overflow import check_context
 from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
 
 _END = object()
@@ -67,6 +69,12 @@ class RequestHandle:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def _finish(self, last: GenerationChunk | None) -> None:
+        """The inference thread is done with this request: its last chunk, then the end."""
+        if last is not None:
+            self._chunks.put(last)
+        self._chunks.put(_END, final=True)
+
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
@@ -90,11 +98,18 @@ class RequestHandle:
 class Engine:
     """Owns a backend and the thread that runs it. Use as a context manager or `close()`."""
 
-    def __init__(self, backend: Backend, cache_manager=None):
+    def __init__(self, backend: Backend, cache_manager=None, parallel: int = 1, producer_for=None):
         from localllm.kvcache import KVCacheManager
 
         self.backend = backend
         self.caches = cache_manager if cache_manager is not None else KVCacheManager(backend)
+        # Up to `parallel` requests decode together (engine/batching.py); more wait here.
+        self.parallel = max(1, parallel)
+        # producer_for(request): a TokenProducer for requests that want one (speculative
+        # decoding), None for plain decoding in the shared batch.
+        self.scheduler = RequestScheduler(backend, self.caches, self.parallel, check_prompt=check_context,
+                                          producer_for=producer_for)
+        self._waiting: collections.deque = collections.deque()
         self._requests: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="localllm-engine", daemon=True)
         self._thread.start()
@@ -127,38 +142,37 @@ class Engine:
         return value
 
     def _run(self) -> None:
+        """Serve the queue: admit requests up to `parallel`, run jobs between steps, and
+        step the running requests (all in one forward pass) until none is left."""
+        scheduler, waiting = self.scheduler, self._waiting
         while True:
-            item, cache = self._requests.get()
-            if item is None:
-                return
-            if callable(item) and not isinstance(item, RequestHandle):
-                item(self.backend)
-                continue
-            self._serve(item, cache)
-
-    def _serve(self, handle: RequestHandle, cache: Cache | None) -> None:
-        out = handle._chunks
-        try:
-            if handle.cancelled:
-                out.put(GenerationChunk("", None, finish_reason="cancelled", stats=GenerationStats(backend=self.backend.name)))
-                return
-            lease = None
-            request = handle.request
-            if cache is None:
-                lease = self.caches.acquire(request.prompt_tokens)
-                cache = lease.cache
-                if lease.prompt != list(request.prompt_tokens):
-                    request = dataclasses.replace(request, prompt_tokens=tuple(lease.prompt))
+            block = not scheduler.running and not waiting
+            items = []
             try:
-                for chunk in generate(self.backend, cache, request, handle._cancel.is_set):
-                    out.put(chunk)
-            finally:
-                if lease is not None:
-                    self.caches.release(lease)
-        except BaseException as e:
-            out.put(e)
-        finally:
-            out.put(_END, final=True)
+                items.append(self._requests.get(block=block))
+                while True:
+                    items.append(self._requests.get_nowait())
+            except queue.Empty:
+                pass
+            for item, cache in items:
+                if item is None:
+                    self._shutdown()
+                    return
+                if callable(item) and not isinstance(item, RequestHandle):
+                    item(self.backend)
+                else:
+                    waiting.append((item, cache))
+            while waiting and (scheduler.has_room or waiting[0][0].cancelled):
+                scheduler.admit(*waiting.popleft())  # a cancelled one ends at once
+            if scheduler.running:
+                scheduler.step()
+
+    def _shutdown(self) -> None:
+        self.scheduler.close()
+        while self._waiting:
+            handle, _ = self._waiting.popleft()
+            handle._finish(GenerationChunk("", None, finish_reason="cancelled",
+                                           stats=GenerationStats(backend=self.backend.name)))
 
     def close(self) -> None:
         if self._thread.is_alive():

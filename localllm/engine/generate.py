@@ -7,8 +7,10 @@ model confirmed marked `from_draft`. The producer owns the forward passes, the s
 history and the cache beyond the prompt; it forwards a token only when the consumer asks
 for the next one, so nothing is computed past where the consumer stops.
 
-`generate` is the consumer: prefill, then end of generation, the streaming detokenizer,
-stop strings, token and context limits, cancellation and stats, whatever the producer.
+`generate` is the consumer: prefill, then (through `TokenConsumer`, which the batched
+scheduler in `engine/batching.py` uses too) end of generation, the streaming
+detokenizer, stop strings, token and context limits, cancellation and stats, whatever
+the producer.
 It is a plain generator over one backend and one cache, usable directly (tests,
 benchmarks) or from the engine thread. The cache must hold a proper prefix of the prompt
 (the KV-cache manager lends it so, having decided what is reused); only the rest is fed.
@@ -16,15 +18,12 @@ benchmarks) or from the engine thread. The cache must hold a proper prefix of th
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from typing import Callable, Iterator, NamedTuple, Protocol
 
 from localllm.backend.protocol import Backend, Cache, Logits
-from localllm.engine.detokenizer import StreamingDetokenizer
+from localllm.engine.consumer import TokenConsumer
 from localllm.engine.sampling import Sampler
-from localllm.engine.stops import StopMatcher
 from localllm.kvcache.overflow import check_context
 from localllm.types import GenerationChunk, GenerationRequest, GenerationStats, TokenLogprob
 
@@ -58,11 +57,6 @@ def plain_decoding(backend: Backend, cache: Cache, logits: Logits, sampler: Samp
         history.append(token)
         yield ProducedToken(token, False, sampler.last_logprob)
         logits = forward((token,), cache)
-
-
-def peak_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
 
 
 # Prefill runs in steps of this many tokens at most, so a request cancelled during a long
@@ -112,59 +106,22 @@ def generate(
     if logits is None:  # cancelled during a long prefill
         yield GenerationChunk("", None, finish_reason="cancelled", stats=stats)
         return
+    consumer = TokenConsumer(backend.vocabulary, request, backend.n_ctx, stats, t_start)
     if request.max_tokens == 0:  # prefill only: the cache now holds the prompt
-        stats.peak_rss_bytes = peak_rss_bytes()
-        yield GenerationChunk("", None, finish_reason="length", stats=stats)
+        yield consumer.end("length")
         return
-
-    vocab = backend.vocabulary
     sampler = make_sampler(backend, request)
-    strip = request.strip_leading_space and vocab.adds_space_prefix and prompt[-1] == vocab.bos_id
-    token_bytes = vocab.token_bytes
-    if request.special_text_ids:
-        shown = {t: vocab.token_text(t).encode() for t in request.special_text_ids}
-        token_bytes = lambda t: shown.get(t) or vocab.token_bytes(t)  # noqa: E731
-    detok = StreamingDetokenizer(token_bytes, strip_leading_space=strip)
-    stops = StopMatcher(request.stop)
-    eos = frozenset() if request.ignore_eos else vocab.end_of_turn_ids | request.stop_token_ids
-    # The last token needs no forward pass, so the context can take one token more than it holds.
-    most = backend.n_ctx + 1 - len(prompt)
-    if request.max_tokens is not None:
-        most = min(most, request.max_tokens)
-    finish = None
-    t_first = t_last = 0.0
-
     tokens = producer(backend, cache, logits, sampler, list(prompt), stats)
     try:
         for token, from_draft, logprob in tokens:
-            t_last = clock()
-            if stats.generated_tokens == 0:
-                t_first = t_last
-                stats.ttft_s = t_last - t_start
-            else:
-                stats.decode_steps += 1
-            if token in eos:
-                finish = "stop"
-                break
-            stats.generated_tokens += 1
-            stats.accepted_tokens += from_draft
-            text = stops.feed(detok.add(token))
-            if stops.stopped:
-                finish = "stop"
-                if text:
-                    yield GenerationChunk(text, token, from_draft=from_draft, logprob=logprob)
-                break
-            yield GenerationChunk(text, token, from_draft=from_draft, logprob=logprob)
-            if stats.generated_tokens >= most:
-                finish = "length"
+            chunk = consumer.feed(token, from_draft, logprob)
+            if chunk is not None:
+                yield chunk
+            if consumer.finish is not None:
                 break
             if cancelled():
-                finish = "cancelled"
+                consumer.finish = "cancelled"
                 break
     finally:
         tokens.close()
-
-    stats.decode_s = t_last - t_first
-    tail = "" if stops.stopped else stops.feed(detok.flush()) + stops.flush()
-    stats.peak_rss_bytes = peak_rss_bytes()
-    yield GenerationChunk(tail, None, finish_reason=finish, stats=stats)
+    yield consumer.end()

@@ -23,6 +23,13 @@ longer holds the window before some prefix, a saved state that kept only the las
 through `cache_capability`, and a source is counted for the longest prefix it allows,
 which may be none (`CacheStats.refused_tokens` counts what was found but not usable).
 
+Several requests at once (the engine's continuous batching): the first holds the working
+cache; each other one gets a cache of its own, filled from whichever source shares the
+longest prefix with its prompt: a cache another running request holds (its saved state
+copied, then cut back: a shared system prompt is prefilled once), a parked cache or a
+snapshot. When a request ends, its cache becomes the working cache if that is idle (the
+idle one is parked), else it is parked and closed: one idle cache stays in the KV buffer.
+
 It works on token ids and the backend protocol only, and runs on the engine thread.
 """
 
@@ -53,7 +60,7 @@ class Lease:
 
     cache: Cache
     reused_tokens: int
-    source: str  # "working", "parked", "snapshot" or "none"
+    source: str  # "working", "parked", "snapshot", "shared" (another running request's) or "none"
     # The prompt to run: the one asked for, or the same bytes with the model's own
     # tokens for its last reply (see `splice_onto_cache`).
     prompt: list[int] = field(default_factory=list)
@@ -90,6 +97,21 @@ def _exact(n_tokens: int, min_tokens: int) -> int:
     return n_tokens if n_tokens >= min_tokens else 0
 
 
+def _best_source(sources, prompt: list[int], usable: int, best_len: int, longest: int):
+    """(source, prefix length, longest prefix found) for the source among `sources`
+    ((source, tokens, min_tokens)) that holds exactly the longest prefix of `prompt`, of at
+    most `usable` tokens and more than `best_len`; source None when none does better.
+    `longest` also counts prefixes found but not held exactly."""
+    best = None
+    for source, tokens, min_tokens in sources:
+        n = min(common_prefix_length(tokens, prompt), usable)
+        longest = max(longest, n)
+        n = _exact(n, min_tokens)
+        if n > best_len:
+            best, best_len = source, n
+    return best, best_len, longest
+
+
 class KVCacheManager:
     """Lends the working cache to requests so that shared prefixes are prefilled once.
 
@@ -107,6 +129,7 @@ class KVCacheManager:
         self.min_snapshot_tokens = min_snapshot_tokens
         self.parked: list[_Parked] = []
         self.working: Cache | None = None
+        self.lent: list[Cache] = []  # caches of running requests (the working cache too)
         self._snapshot_len = 0  # tokens of the working cache already on disk
         self.stats = CacheStats()
 
@@ -120,6 +143,15 @@ class KVCacheManager:
         self.stats.requests += 1
         if self.working is None:
             self.working = self.backend.new_cache()
+        if any(c is self.working for c in self.lent):
+            lease = self._acquire_another(prompt)
+            self.lent.append(lease.cache)
+            return lease
+        lease = self._acquire_working(prompt)
+        self.lent.append(lease.cache)
+        return lease
+
+    def _acquire_working(self, prompt: list[int]) -> Lease:
         cache = self.working
         if not self.enabled:
             self.stats.prompt_tokens += len(prompt)
@@ -134,13 +166,8 @@ class KVCacheManager:
         found_here = min(common_prefix_length(cache.tokens, prompt), usable)
         here = _exact(found_here, self.backend.cache_capability(cache).min_tokens)
         longest = found_here  # the longest cached prefix, exact or not
-        best_parked, parked_len = None, here
-        for p in self.parked:
-            n = min(common_prefix_length(p.tokens, prompt), usable)
-            longest = max(longest, n)
-            n = _exact(n, p.min_tokens)
-            if n > parked_len:
-                best_parked, parked_len = p, n
+        best_parked, parked_len, longest = _best_source(
+            [(p, p.tokens, p.min_tokens) for p in self.parked], prompt, usable, here, longest)
 
         if self.snapshots is not None:
             longest = max(longest, min(self.snapshots.longest_prefix(prompt), usable))
@@ -168,14 +195,65 @@ class KVCacheManager:
         self._snapshot_len = min(self._snapshot_len, here)
         return self._lend(cache, here, "working" if here else "none", prompt, longest)
 
+    def _acquire_another(self, prompt: list[int]) -> Lease:
+        """A cache of its own for a request that runs while the working cache is lent."""
+        cache = self.backend.new_cache()
+        self.stats.prompt_tokens += len(prompt)
+        if not self.enabled:
+            return Lease(cache, 0, "none", prompt)
+        usable = len(prompt) - 1
+        # A running request's cache is copied through its saved state, so what a reload
+        # of that state holds exactly counts.
+        sources = [(live, live.tokens, self.backend.cache_capability(live).restored_min_tokens) for live in self.lent]
+        sources += [(p, p.tokens, p.min_tokens) for p in self.parked]
+        best, best_len, longest = _best_source(sources, prompt, usable, 0, 0)
+        if self.snapshots is not None:
+            longest = max(longest, min(self.snapshots.longest_prefix(prompt), usable))
+            found = self.snapshots.find(prompt, min_tokens=best_len + 1, limit=usable)
+            if found is not None:
+                if self.backend.load_state(cache, found.tokens, found.state):
+                    self.stats.snapshot_loads += 1
+                    return self._lend(cache, found.reusable, "snapshot", prompt, longest)
+                self.snapshots.discard(found.tokens)
+        if isinstance(best, _Parked):
+            self.parked.remove(best)
+            if self.backend.load_state(cache, best.tokens, best.state):
+                self.stats.restores += 1
+                return self._lend(cache, best_len, "parked", prompt, longest)
+        elif best is not None:
+            if self.backend.load_state(cache, list(best.tokens), self.backend.save_state(best)):
+                return self._lend(cache, best_len, "shared", prompt, longest)
+        return self._lend(cache, 0, "none", prompt, longest)
+
     def release(self, lease: Lease) -> None:
-        """The request is done; its tokens stay in the working cache for the next one."""
+        """The request is done; its tokens stay cached for the next one: in the working
+        cache, or parked when another request holds the working cache."""
+        self.lent = [c for c in self.lent if c is not lease.cache]
+        if lease.cache is not self.working:
+            self._release_another(lease.cache)
+            return
         if not self.enabled:
             self.backend.trim(lease.cache, 0)
             return
         n = len(lease.cache.tokens)
         if self.snapshots is not None and n >= self.min_snapshot_tokens and n > self._snapshot_len:
             self._save_snapshot()
+        self._enforce_budget()
+
+    def _release_another(self, cache: Cache) -> None:
+        if not self.enabled:
+            cache.close()
+            return
+        if any(c is self.working for c in self.lent):  # the working cache is busy: park this one
+            self._park(cache, keep=0)
+            cache.close()
+        else:  # the most recent conversation stays live; the idle working cache is parked
+            self._park(self.working, keep=0)
+            self.working.close()
+            self.working, self._snapshot_len = cache, 0
+            n = len(cache.tokens)
+            if self.snapshots is not None and n >= self.min_snapshot_tokens:
+                self._save_snapshot()
         self._enforce_budget()
 
     def _lend(self, cache: Cache, reused: int, source: str, prompt: list[int], longest: int = 0) -> Lease:
@@ -197,7 +275,9 @@ class KVCacheManager:
     def _park_working(self, keep: int) -> None:
         """Save the working cache to host memory if its tail beyond the `keep` tokens the
         next request reuses is worth keeping. The caller then trims or reloads it."""
-        cache = self.working
+        self._park(self.working, keep)
+
+    def _park(self, cache: Cache, keep: int) -> None:
         if len(cache.tokens) > keep + MIN_PARK_TAIL:
             restored_min = self.backend.cache_capability(cache).restored_min_tokens
             self.parked.append(_Parked(list(cache.tokens), self.backend.save_state(cache), restored_min))
@@ -225,6 +305,10 @@ class KVCacheManager:
         n = len(self.working.tokens)
         if self.enabled and self.snapshots is not None and n >= self.min_snapshot_tokens and n > self._snapshot_len:
             self._save_snapshot()
+        for cache in self.lent:
+            if cache is not self.working:
+                cache.close()
+        self.lent = []
         self.working.close()
         self.working = None
         self.parked.clear()

@@ -1,5 +1,6 @@
-"""Who runs next: a FIFO gate per engine (one generation at a time, as the engine runs
-them) and one bound on how many generation requests may wait, server-wide.
+"""Who runs next: a FIFO gate per engine (as many generations at a time as the engine
+decodes together, its `parallel`) and one bound on how many generation requests may
+wait, server-wide.
 
 Waiting happens here, in the event loop, rather than in the engine's own queue, so a
 waiting request that is cancelled (its client went away) leaves at once and the queue
@@ -17,19 +18,21 @@ from localllm.server.errors import Overloaded
 
 
 class EngineGate:
-    """Admits one generation at a time to an engine, first come first served."""
+    """Admits up to `capacity` generations at a time to an engine (set it to the engine's
+    `parallel` once the model is loaded), first come first served."""
 
-    def __init__(self):
-        self._busy = False
+    def __init__(self, capacity: int = 1):
+        self.capacity = max(1, capacity)
+        self._running = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     @property
     def busy(self) -> bool:
-        return self._busy
+        return self._running >= self.capacity
 
     async def enter(self) -> None:
-        if not self._busy and not self._waiters:
-            self._busy = True
+        if not self.busy and not self._waiters:
+            self._running += 1
             return
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
@@ -46,13 +49,13 @@ class EngineGate:
             raise
 
     def leave(self) -> None:
-        """The current generation is over: admit the next waiter, if any."""
+        """A generation is over: admit the next waiter, if any."""
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                return  # stays busy: the turn passes straight to the waiter
-        self._busy = False
+                return  # the place passes straight to the waiter
+        self._running -= 1
 
 
 class Admission:

@@ -254,6 +254,7 @@ class ModelManager:
                 raise
             return
         slot.model = model
+        slot.gate.capacity = model.parallel  # requests its engine decodes together
         slot.load_s = time.perf_counter() - t0
         slot.loaded_at = time.time()
         slot.state = READY

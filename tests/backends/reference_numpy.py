@@ -21,7 +21,7 @@ from typing import Sequence
 import gguf
 import numpy as np
 
-from localllm.backend.protocol import CacheCapability, HostLogits, MemoryReport
+from localllm.backend.protocol import CacheCapability, HostLogits, MemoryReport, forward_each
 from localllm.errors import ContextOverflowError
 from localllm.formats.gguf import inspect_gguf
 from localllm.tokenizer.protocol import Tokenizer
@@ -68,11 +68,15 @@ class NumpyReferenceBackend:
         self.output = self.w.get("output.weight", self.w["token_embd.weight"])
         self.vocab_size = self.output.shape[0]
         self.n_ctx = min(ctx_size, self.info.context_length or ctx_size)
+        self.max_batch_tokens = 512
 
     # -- caches ------------------------------------------------------------------------
 
     def new_cache(self) -> NumpyCache:
         return NumpyCache(self.n_layers, self.n_kv, self.head_dim)
+
+    def forward_batch(self, items) -> list[HostLogits]:
+        return forward_each(self, items)
 
     def trim(self, cache: NumpyCache, n_tokens: int) -> None:
         if n_tokens < len(cache.tokens):

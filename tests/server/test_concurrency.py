@@ -4,6 +4,7 @@ not, running or waiting) cancels its generation and frees its place at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -46,13 +47,17 @@ def slow_loader(name, settings):
 
     model = load_model(name, settings)
     backend = model.engine.backend
-    forward = backend.forward
+    forward, forward_batch = backend.forward, backend.forward_batch
 
     def slow_forward(*args, **kwargs):
         time.sleep(STEP_S)
         return forward(*args, **kwargs)
 
-    backend.forward = slow_forward
+    def slow_forward_batch(items):
+        time.sleep(STEP_S)
+        return forward_batch(items)
+
+    backend.forward, backend.forward_batch = slow_forward, slow_forward_batch
     return model
 
 
@@ -60,8 +65,9 @@ def slow_loader(name, settings):
 def slow(stories_path, tmp_path_factory):
     from localllm.server.config import ServerConfig
 
-    running = start_server(ServerConfig(port=0, preload=str(stories_path), max_queue=1),
-                           server_settings(tmp_path_factory.mktemp("slow-home")), loader=slow_loader)
+    # One request decodes at a time here, so that a second one waits in the queue.
+    settings = dataclasses.replace(server_settings(tmp_path_factory.mktemp("slow-home")), parallel=1)
+    running = start_server(ServerConfig(port=0, preload=str(stories_path), max_queue=1), settings, loader=slow_loader)
     wait_until(lambda: any(s.state == "ready" for s in running.state.models.slots()), timeout=60)
     yield running
     running.stop()

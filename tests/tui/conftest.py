@@ -57,6 +57,10 @@ class SlowBackend:
         time.sleep(self._delay_s)
         return self._backend.forward(*args, **kwargs)
 
+    def forward_batch(self, items):
+        time.sleep(self._delay_s)
+        return self._backend.forward_batch(items)
+
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
@@ -69,7 +73,8 @@ def make_loader(delay_s: float = 0.0, calls: list | None = None):
             calls.append((name, settings.ctx_size))
         model = load_model(name, settings)
         if delay_s:
-            model.engine.backend = SlowBackend(model.engine.backend, delay_s)
+            slow = SlowBackend(model.engine.backend, delay_s)
+            model.engine.backend = model.engine.scheduler.backend = slow
         return model
 
     return loader

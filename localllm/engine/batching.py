@@ -1,0 +1,209 @@
+"""Continuous batching: every running request advances in one forward pass per step.
+
+The engine thread calls `step()` while requests are running. One step builds one
+`forward_batch`: one token for each request that is decoding, and then a chunk of at most
+`prefill_chunk` prompt tokens for requests still prefilling (oldest first), within the
+backend's `max_batch_tokens`. So a long prompt that arrives while others stream costs
+them one chunk's worth of delay per token, never the whole prompt; and several streams
+decode for about the price of one, as decoding a small batch on a CPU reads the weights
+once (memory-bound).
+
+A request that asks for its own token producer (speculative decoding) runs through
+`generate` instead, one chunk per step beside the batch (its drafts are not batched
+with the others yet).
+
+Each request keeps its own cache (lent by the KV-cache manager, which shares prefixes
+across them), sampler and `TokenConsumer` (stops, limits, stats). `--parallel N` bounds
+the running requests (`RequestScheduler.parallel`); the engine queues the rest. A
+cancelled request ends at the next step and its cache goes back to the manager at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Iterator
+
+from localllm.backend.protocol import Backend, BatchItem, Cache
+from localllm.engine.consumer import TokenConsumer
+from localllm.engine.generate import TokenProducer, generate, make_sampler
+from localllm.engine.sampling import Sampler
+from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
+
+# Prompt tokens per step while other requests decode: the most a new prompt delays them.
+PREFILL_CHUNK = 256
+
+
+@dataclasses.dataclass(eq=False)
+class Running:
+    """One admitted request: its cache, what of its prompt is still to be fed, and its
+    sampler and consumer once the prompt is in."""
+
+    handle: object  # engine.RequestHandle
+    request: GenerationRequest
+    cache: Cache
+    lease: object | None  # the KV-cache manager's lease, when it lent the cache
+    pending: list[int]  # prompt tokens not yet fed
+    stats: GenerationStats
+    t_start: float
+    sampler: Sampler | None = None
+    consumer: TokenConsumer | None = None
+    history: list[int] = dataclasses.field(default_factory=list)
+    next_token: int | None = None  # sampled, not yet fed
+    # A request with its own token producer (speculative decoding) runs through
+    # `generate`, advanced one chunk per step beside the batch.
+    stream: Iterator[GenerationChunk] | None = None
+
+    @property
+    def decoding(self) -> bool:
+        return self.consumer is not None
+
+
+class RequestScheduler:
+    """The running requests of one engine and the step that advances them all."""
+
+    def __init__(self, backend: Backend, caches, parallel: int, prefill_chunk: int = PREFILL_CHUNK,
+                 check_prompt: Callable[[int, int], None] | None = None,
+                 producer_for: Callable[[GenerationRequest], TokenProducer | None] | None = None):
+        self.backend = backend
+        self.caches = caches
+        self.parallel = max(1, parallel)
+        self.prefill_chunk = max(1, min(prefill_chunk, backend.max_batch_tokens))
+        self.check_prompt = check_prompt
+        # The producer a request asks for; None (or no callable): plain decoding, batched.
+        self.producer_for = producer_for
+        self.running: list[Running] = []
+
+    @property
+    def has_room(self) -> bool:
+        return len(self.running) < self.parallel
+
+    # -- admission ------------------------------------------------------------------------
+
+    def admit(self, handle, cache: Cache | None) -> None:
+        """Start a request: a cache holding as much of its prompt as can be reused, the
+        rest queued for prefill. Errors (an empty or too long prompt) end it at once."""
+        out = handle._chunks
+        request = handle.request
+        stats = GenerationStats(backend=self.backend.name, prompt_tokens=len(request.prompt_tokens))
+        if handle.cancelled:
+            handle._finish(GenerationChunk("", None, finish_reason="cancelled", stats=stats))
+            return
+        lease = None
+        try:
+            if self.check_prompt is not None:
+                self.check_prompt(len(request.prompt_tokens), self.backend.n_ctx)
+            if cache is None:
+                lease = self.caches.acquire(request.prompt_tokens)
+                cache = lease.cache
+                if lease.prompt != list(request.prompt_tokens):
+                    request = dataclasses.replace(request, prompt_tokens=tuple(lease.prompt))
+            prompt = list(request.prompt_tokens)
+            n_cached = len(cache.tokens)
+            if n_cached >= len(prompt) or cache.tokens != prompt[:n_cached]:
+                raise ValueError("a request's cache must hold a proper prefix of its prompt")
+        except BaseException as e:
+            if lease is not None:
+                self.caches.release(lease)
+            out.put(e)
+            handle._finish(None)
+            return
+        stats.prompt_tokens, stats.cached_tokens = len(prompt), n_cached
+        r = Running(handle, request, cache, lease, prompt[n_cached:], stats, time.perf_counter(), history=prompt)
+        producer = self.producer_for(request) if self.producer_for is not None else None
+        if producer is not None:
+            r.stream = generate(self.backend, cache, request, handle._cancel.is_set, producer)
+        self.running.append(r)
+
+    # -- one step -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Cancel what was cancelled, then one forward pass for every running request."""
+        for r in list(self.running):
+            if r.handle.cancelled and r.stream is None:  # a stream sees it itself
+                self._end(r, r.consumer.end("cancelled") if r.consumer else
+                          GenerationChunk("", None, finish_reason="cancelled", stats=r.stats))
+        for r in [r for r in self.running if r.stream is not None]:
+            self._advance_stream(r)
+        if not any(r.stream is None for r in self.running):
+            return
+        items: list[BatchItem] = []
+        fed: list[tuple[Running, bool]] = []  # (request, whether this item ends its prompt)
+        for r in self.running:
+            if r.decoding and r.stream is None:
+                items.append(BatchItem(r.cache, (r.next_token,)))
+                fed.append((r, True))
+        room = min(self.prefill_chunk, self.backend.max_batch_tokens - len(items))
+        for r in self.running:
+            if room <= 0:
+                break
+            if not r.decoding and r.stream is None:
+                take = r.pending[:room]
+                del r.pending[:len(take)]
+                room -= len(take)
+                items.append(BatchItem(r.cache, take))
+                fed.append((r, not r.pending))
+        try:
+            logits = self.backend.forward_batch(items)
+        except BaseException as e:
+            for r, _ in fed:
+                r.handle._chunks.put(e)
+                self._end(r, None)
+            return
+        for (r, ready), rows in zip(fed, logits):
+            if not ready:
+                continue
+            if not r.decoding:
+                self._start_decoding(r)
+                if r.consumer.finish is not None:  # max_tokens 0: the prompt is cached, nothing more
+                    self._end(r, r.consumer.end())
+                    continue
+            token = r.sampler.sample_row(rows, -1, r.history)
+            r.history.append(token)
+            chunk = r.consumer.feed(token, False, r.sampler.last_logprob)
+            if chunk is not None:
+                r.handle._chunks.put(chunk)
+            if r.consumer.finish is not None:
+                self._end(r, r.consumer.end())
+            else:
+                r.next_token = token
+
+    def _advance_stream(self, r: Running) -> None:
+        """One chunk of a request that runs through `generate` with its own producer."""
+        try:
+            chunk = next(r.stream)
+        except StopIteration:
+            self._end(r, None)
+            return
+        except BaseException as e:
+            r.handle._chunks.put(e)
+            self._end(r, None)
+            return
+        if chunk.finish_reason is not None:
+            r.stream.close()
+            self._end(r, chunk)
+        else:
+            r.handle._chunks.put(chunk)
+
+    def _start_decoding(self, r: Running) -> None:
+        r.stats.prefill_s = time.perf_counter() - r.t_start
+        r.sampler = make_sampler(self.backend, r.request)
+        r.consumer = TokenConsumer(self.backend.vocabulary, r.request, self.backend.n_ctx, r.stats, r.t_start)
+        if r.request.max_tokens == 0:
+            r.consumer.finish = "length"
+
+    def _end(self, r: Running, last: GenerationChunk | None) -> None:
+        """Finish `r`: its cache back to the manager (its sequence is free for the next
+        request), then its last chunk."""
+        self.running.remove(r)
+        try:
+            if r.lease is not None:
+                self.caches.release(r.lease)
+        finally:
+            r.handle._finish(last)
+
+    def close(self) -> None:
+        for r in list(self.running):
+            if r.stream is not None:
+                r.stream.close()
+            self._end(r, GenerationChunk("", None, finish_reason="cancelled", stats=r.stats))
