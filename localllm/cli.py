@@ -35,6 +35,12 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--flash-attn", choices=("auto", "on", "off"),
                    help="llama.cpp flash attention (default: auto, measured once per model file and machine)")
     g.add_argument("--force", action="store_true", default=None, help="load even when the memory check says the model will not fit")
+    d = p.add_argument_group("speculative decoding (the same text, sooner)")
+    d.add_argument("--draft", choices=("auto", "prompt-lookup", "none"),
+                   help="draft tokens from the context and verify them in one pass: auto (default) only where "
+                        "measured to pay, prompt-lookup always, none off")
+    d.add_argument("--draft-max", type=int, metavar="N", help="most tokens one draft proposes (default: 8)")
+    d.add_argument("--draft-ngram", type=int, metavar="N", help="longest context n-gram prompt lookup matches (default: 3)")
     g.add_argument("--verbose", action="store_true", default=None, help="print load and speed figures (and llama.cpp's log) to stderr")
     g.add_argument("--debug", action="store_true", default=None, help="show tracebacks for errors")
 
@@ -46,7 +52,8 @@ def settings_from_args(args, **more):
     from localllm.config import load_settings
 
     flags = dict(backend=args.backend, ctx_size=args.ctx_size, threads=args.threads, kv_type=args.kv_type,
-                 flash_attn=args.flash_attn, gpu_layers=args.gpu_layers, verbose=args.verbose, debug=args.debug)
+                 flash_attn=args.flash_attn, gpu_layers=args.gpu_layers, verbose=args.verbose, debug=args.debug,
+                 draft=args.draft, draft_max=args.draft_max, draft_ngram=args.draft_ngram)
     return load_settings(**(flags | more))
 
 

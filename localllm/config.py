@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from localllm.errors import UserError
+from localllm.types import DraftParams
 
 KV_TYPES = ("f16", "q8_0")
 BACKENDS = ("auto", "llamacpp", "mlx")
@@ -109,6 +110,11 @@ class Settings:
     prefix_cache: bool = True  # reuse KV across turns and requests (localllm.kvcache)
     snapshot_cap_mb: int = 2048  # disk for KV snapshots; 0 turns snapshots off
     overflow: str = "refuse"  # or "drop-oldest": what a chat too long for the context does
+    # Speculative decoding (localllm.speculative): auto | prompt-lookup | none, the most
+    # tokens a draft proposes, the longest n-gram prompt lookup matches.
+    draft: str = "auto"
+    draft_max: int = 8
+    draft_ngram: int = 3
     verbose: bool = False
     debug: bool = False
 
@@ -152,7 +158,15 @@ class Settings:
             raise UserError(f"--parallel {self.parallel} must be 0 (auto) or between 1 and 64")
         if self.threads < 0:
             raise UserError(f"--threads {self.threads} must be 0 (auto) or a positive number")
+        problem = self.draft_params.problem()
+        if problem:
+            raise UserError(f"{problem} (--draft, --draft-max, --draft-ngram)")
         return self
+
+    @property
+    def draft_params(self) -> DraftParams:
+        """The speculative decoding a request gets unless it asks otherwise."""
+        return DraftParams(self.draft, self.draft_max, self.draft_ngram)
 
 
 _ENV_KEYS = {
@@ -163,6 +177,7 @@ _ENV_KEYS = {
     "flash_attn": "LOCALLLM_FLASH_ATTN",
     "parallel": "LOCALLLM_PARALLEL",
     "gpu_layers": "LOCALLLM_GPU_LAYERS",
+    "draft": "LOCALLLM_DRAFT",
 }
 
 

@@ -22,7 +22,7 @@ from localllm.errors import UserError
 from localllm.kvcache.overflow import check_context
 from localllm.tokenizer.chat import ChatPrompter
 from localllm.tokenizer.protocol import Tokenizer
-from localllm.types import GenerationRequest, Message, ModelInfo, OutputConstraint, SamplingParams
+from localllm.types import DraftParams, GenerationRequest, Message, ModelInfo, OutputConstraint, SamplingParams
 
 
 @dataclass
@@ -106,15 +106,22 @@ class LoadedModel:
         max_tokens: int | None = None,
         stop: Sequence[str] = (),
         dropped_messages: int = 0,
+        draft: DraftParams | None = None,
     ) -> GenerationRequest:
-        """A request for `tokens`; `max_tokens=None` means until EOS or a full context."""
+        """A request for `tokens`; `max_tokens=None` means until EOS or a full context;
+        `draft=None` drafts as the settings say (`--draft`, default auto)."""
         return GenerationRequest(
             tuple(tokens), sampling,
             max_tokens=max_tokens if max_tokens and max_tokens > 0 else None,
             stop=tuple(stop),
             stop_token_ids=self.prompter.stop_token_ids,
             dropped_messages=dropped_messages,
+            draft=draft or self.draft_defaults,
         )
+
+    @property
+    def draft_defaults(self) -> DraftParams:
+        return self.settings.draft_params if self.settings is not None else DraftParams()
 
     def check_context(self, n_prompt: int, max_tokens: int | None = None) -> None:
         """Raise ContextOverflowError (fields: prompt_tokens, limit, reserve) unless a
@@ -146,17 +153,17 @@ class LoadedModel:
 
     def chat(self, messages: Sequence[Message], sampling: SamplingParams = SamplingParams(),
              max_tokens: int | None = None, stop: Sequence[str] = (),
-             constraint: OutputConstraint | None = None) -> RequestHandle:
+             constraint: OutputConstraint | None = None, draft: DraftParams | None = None) -> RequestHandle:
         """Generate the assistant's reply (inside `constraint` when given). If the
         overflow policy dropped old turns, `handle.request.dropped_messages` says how many."""
         tokens, dropped = self.fit_chat(messages, max_tokens)
-        request = self.request(tokens, sampling, max_tokens, stop, dropped)
+        request = self.request(tokens, sampling, max_tokens, stop, dropped, draft)
         return self.submit(dataclasses.replace(request, constraint=constraint))
 
     def complete(self, prompt: str, sampling: SamplingParams = SamplingParams(),
                  max_tokens: int | None = None, stop: Sequence[str] = (), special: bool = False,
-                 constraint: OutputConstraint | None = None) -> RequestHandle:
-        request = self.request(self.text_tokens(prompt, special), sampling, max_tokens, stop)
+                 constraint: OutputConstraint | None = None, draft: DraftParams | None = None) -> RequestHandle:
+        request = self.request(self.text_tokens(prompt, special), sampling, max_tokens, stop, draft=draft)
         return self.submit(dataclasses.replace(request, constraint=constraint))
 
     def check_constraint(self, constraint: OutputConstraint) -> None:

@@ -43,6 +43,36 @@ class SamplingParams:
         )
 
 
+DraftMode = Literal["auto", "prompt-lookup", "none"]
+DRAFT_MODES: tuple[str, ...] = ("auto", "prompt-lookup", "none")
+
+
+@dataclass(frozen=True)
+class DraftParams:
+    """Speculative decoding for one request (`localllm.speculative`).
+
+    `mode`: "auto" drafts by prompt lookup only where it measurably pays (per model, from
+    timed forward passes and the acceptance seen so far); "prompt-lookup" always drafts;
+    "none" decodes one token per forward pass. `max_tokens`: the most tokens one draft
+    proposes. `ngram`: the longest context n-gram matched (down to 1). The text is the
+    same in every mode (greedy: token for token; sampling: the same seeded draws).
+    """
+
+    mode: DraftMode = "auto"
+    max_tokens: int = 8
+    ngram: int = 3
+
+    def problem(self) -> str | None:
+        """None when valid; else one line naming the bad value (for exit 2 / a 400)."""
+        if self.mode not in DRAFT_MODES:
+            return f"draft mode {self.mode!r} is not one of {', '.join(DRAFT_MODES)}"
+        if not 1 <= self.max_tokens <= 64:
+            return f"draft max {self.max_tokens} must be between 1 and 64"
+        if not 1 <= self.ngram <= 16:
+            return f"draft n-gram length {self.ngram} must be between 1 and 16"
+        return None
+
+
 @dataclass(frozen=True)
 class OutputConstraint:
     """What the generated text must be, enforced token by token while decoding.
@@ -81,6 +111,7 @@ class GenerationRequest:
     # Log probabilities per generated token: None for none; otherwise the chosen token's
     # and this many most likely alternatives' (0 to 20).
     logprobs: int | None = None
+    draft: DraftParams = DraftParams()
 
 
 @dataclass
@@ -103,6 +134,11 @@ class GenerationStats:
     def prefill_tokens_per_s(self) -> float:
         n = self.prompt_tokens - self.cached_tokens
         return n / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """The share of drafted tokens the model confirmed (speculative decoding)."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     @property
     def decode_tokens_per_s(self) -> float:

@@ -236,6 +236,14 @@ def _repl(model, args, sampling, chat: bool) -> int:
         _report(stats, args, model)
 
 
+def draft_summary(stats: GenerationStats) -> str:
+    """One line on speculative decoding for --verbose."""
+    if not stats.draft_tokens:
+        return "speculative decoding: no drafts verified"
+    return (f"speculative decoding: {stats.accepted_tokens} of {stats.draft_tokens} drafted tokens accepted "
+            f"({stats.acceptance_rate:.0%}), {stats.accepted_tokens} of {stats.generated_tokens} tokens from drafts")
+
+
 def _report(stats: GenerationStats | None, args, model=None) -> None:
     if stats is None:
         return
@@ -250,6 +258,7 @@ def _report(stats: GenerationStats | None, args, model=None) -> None:
             f"peak RSS {stats.peak_rss_bytes / 2**20:.0f} MiB",
             file=sys.stderr,
         )
+        print(draft_summary(stats), file=sys.stderr)
         if model is not None:
             cache = model.cache_stats
             print(

@@ -17,7 +17,10 @@ from typing import Callable, Iterator
 
 from localllm.backend.protocol import Backend, Cache
 from localllm.engine.batching import RequestScheduler
+from localllm.engine.generate import plain_decoding
 from localllm.kvcache.overflow import check_context
+from localllm.speculative.adaptive import AdaptiveDraftPolicy
+from localllm.speculative.producer import producer_for as speculative_producer_for
 from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
 
 _END = object()
@@ -105,14 +108,28 @@ class Engine:
         self.caches = cache_manager if cache_manager is not None else KVCacheManager(backend)
         # Up to `parallel` requests decode together (engine/batching.py); more wait here.
         self.parallel = max(1, parallel)
+        # What speculative decoding learned about this model (forward costs, acceptance).
+        self.draft_policy = AdaptiveDraftPolicy()
         # producer_for(request): a TokenProducer for requests that want one (speculative
-        # decoding), None for plain decoding in the shared batch.
+        # decoding, as the request's `draft` says), None for plain decoding in the shared batch.
+        if producer_for is None:
+            producer_for = self.speculative_producer
         self.scheduler = RequestScheduler(backend, self.caches, self.parallel, check_prompt=check_context,
                                           producer_for=producer_for)
         self._waiting: collections.deque = collections.deque()
         self._requests: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="localllm-engine", daemon=True)
         self._thread.start()
+
+    def speculative_producer(self, request: GenerationRequest):
+        """The request's speculative producer (`localllm.speculative`); None (plain decoding
+        in the shared batch) for --draft none, and for auto where requests decode in one
+        batch (parallel > 1): a drafting request runs beside the batch, in passes of its own,
+        and the adaptive policy does not weigh that. --draft prompt-lookup drafts anyway."""
+        if request.draft.mode == "auto" and self.parallel > 1:
+            return None
+        producer = speculative_producer_for(request.draft, self.draft_policy, request.max_tokens)
+        return None if producer is plain_decoding else producer
 
     def submit(self, request: GenerationRequest, cache: Cache | None = None) -> RequestHandle:
         """Queue a generation. Without `cache`, the KV-cache manager lends one holding

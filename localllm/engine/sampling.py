@@ -42,6 +42,12 @@ class Sampler:
             self._bias_ids = np.array(ids, dtype=np.int64)
             self._bias_vals = np.array([params.logit_bias[t] for t in ids], dtype=np.float32)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing to adjust, constrain or report: the argmax of the logits
+        is the token (speculative verification takes every row's at once)."""
+        return self._plain_greedy and self.constraint is None
+
     def sample_row(self, logits: Logits, row: int, history: list[int]) -> int:
         """`sample` for row `row` of a backend's logits handle, copying the row to the
         host only when something besides a plain argmax needs it."""

@@ -79,6 +79,8 @@ class GenerationJob:
     tools: tuple[dict, ...] = ()  # OpenAI tool objects the model may call (chat only)
     tool_choice: str | None = None  # auto, none, required, or a function's name
     logprobs: int | None = None  # None: none; n: the chosen token's and n alternatives
+    # Speculative decoding fields the request gave (`server/drafting.py`); the rest default.
+    draft: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from localllm.server.config import DurationError, parse_duration
+from localllm.server.drafting import parse_draft
 from localllm.server.errors import APIError, BadRequest
 from localllm.server.fields import MAX_MESSAGES, Fields, read_json_object
 from localllm.server.jobs import ChatPrompt, GenerationJob, GenerationOutcome, InfillPrompt, TextPrompt
@@ -127,7 +128,8 @@ def _common(f: Fields, api: str, prompt, tools: tuple = ()) -> GenerationJob:
     return GenerationJob(model=f.text("model", required=True), prompt=prompt, sampling=sampling,
                          max_tokens=max_tokens, max_tokens_param="options.num_predict", stop=stop,
                          keep_alive_s=keep_alive_s, keep_alive_given=given, api=api, given=options,
-                         ctx_size=num_ctx, constraint=structured_fields.ollama_format(f), tools=tools)
+                         ctx_size=num_ctx, constraint=structured_fields.ollama_format(f), tools=tools,
+                         draft=parse_draft(f.obj("options") or Fields({}, "options.")))
 
 
 # -- rendering ----------------------------------------------------------------------------

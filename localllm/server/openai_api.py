@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from localllm.server import structured_fields
+from localllm.server.drafting import parse_draft
 from localllm.server.errors import APIError, BadRequest, NotFound, error_payload
 from localllm.server.fields import MAX_MESSAGES, Fields, read_json_object
 from localllm.server.jobs import (
@@ -160,7 +161,8 @@ def parse_chat(body: dict) -> tuple[GenerationJob, bool, bool]:
     job = GenerationJob(model=model, prompt=ChatPrompt(messages), sampling=_sampling(f), max_tokens=max_tokens,
                         max_tokens_param=param, stop=f.stops("stop"), api="openai_chat", given=_given(f),
                         constraint=structured_fields.response_format(f), tools=tools,
-                        tool_choice=structured_fields.tool_choice(f, bool(tools)), logprobs=logprobs)
+                        tool_choice=structured_fields.tool_choice(f, bool(tools)), logprobs=logprobs,
+                        draft=parse_draft(f))
     return job, stream, include_usage
 
 
@@ -194,7 +196,8 @@ def parse_completion(body: dict) -> tuple[GenerationJob, bool, bool, bool]:
     max_tokens, param = _max_tokens(f, 16)  # the legacy API's documented default
     job = GenerationJob(model=model, prompt=native, sampling=_sampling(f), max_tokens=max_tokens,
                         max_tokens_param=param, stop=f.stops("stop"), api="openai_completions", given=_given(f),
-                        constraint=structured_fields.response_format(f), logprobs=f.integer("logprobs", lo=0, hi=20))
+                        constraint=structured_fields.response_format(f), logprobs=f.integer("logprobs", lo=0, hi=20),
+                        draft=parse_draft(f))
     return job, stream, include_usage, echo
 
 

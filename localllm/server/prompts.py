@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, replace
 
 from localllm.errors import ContextOverflowError, UserError
+from localllm.server.drafting import draft_for
 from localllm.server.errors import BadRequest
 from localllm.server.fim import InfillBudget, infill_tokens
 from localllm.server.jobs import ChatPrompt, GenerationJob, InfillPrompt, MixedPrompt, TextPrompt, TokenPrompt
@@ -173,7 +174,8 @@ def prepare(model, job: GenerationJob, cancel: threading.Event | None = None) ->
         if not 0 <= token < vocab:
             raise BadRequest(f"logit_bias names token {token}, outside the vocabulary of {vocab} tokens",
                              param="logit_bias")
-    request = model.request(tokens, job.sampling, job.max_tokens, job.stop)
+    request = model.request(tokens, job.sampling, job.max_tokens, job.stop,
+                            draft=draft_for(job.draft, model.draft_defaults))
     if job.max_tokens == 0:  # prefill only: warm the KV cache (llama-server's n_predict 0)
         request = dataclasses.replace(request, max_tokens=0)
     if job.ignore_eos:

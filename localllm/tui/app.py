@@ -9,6 +9,7 @@ keeps running. Everything that can go wrong in a worker arrives here as a messag
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from textual.app import App
@@ -24,6 +25,7 @@ from localllm.tui.widgets.chat_view import MessageBubble
 from localllm.tui.widgets.conversation_list import ConversationOptions
 from localllm.tui.widgets.prompt_input import PromptInput
 from localllm.tui.workers import default_loader, load_model_worker, model_label
+from localllm.types import DraftParams
 
 THEMES = ("textual-dark", "textual-light")
 
@@ -63,7 +65,8 @@ class ChatApp(App):
         self.list_models = list_models
         self.pull = pull
         self.store = store or ConversationStore.in_home(Path(settings.home))
-        self.conversation_defaults = conversation_defaults or ConversationSettings()
+        # New chats draft unless the app was started with --draft none.
+        self.conversation_defaults = conversation_defaults or ConversationSettings(speculative=settings.draft != "none")
         self.model = None  # a localllm.runtime.LoadedModel once loaded
         self.model_name: str | None = None
         self.model_ctx = 0  # the context size asked for (0: the settings' default)
@@ -104,6 +107,14 @@ class ChatApp(App):
     def overflow_for(self, settings: ConversationSettings) -> str:
         """A chat's overflow policy: its own, else the app's setting."""
         return settings.overflow or self.settings.overflow
+
+    def draft_for(self, settings: ConversationSettings) -> DraftParams:
+        """A chat's speculative decoding: its switch turns it on or off; on, the app's
+        --draft mode (auto unless it says prompt-lookup), --draft-max and --draft-ngram."""
+        app = self.settings.draft_params
+        if not settings.speculative:
+            return dataclasses.replace(app, mode="none")
+        return app if app.mode != "none" else dataclasses.replace(app, mode="auto")
 
     # model lifecycle
 

@@ -48,14 +48,15 @@ class ConversationSettings:
     """Per-conversation generation settings. `ctx_size` 0 means the app's default;
     `max_tokens` 0 means until the model stops or the context is full; `overflow` is
     what a chat too long for the context does ("refuse" or "drop-oldest"; "" means the
-    app's setting). `speculative` is stored and shown; the engine may not act on it yet."""
+    app's setting). `speculative`: draft tokens by prompt lookup and verify them (the
+    same text, sooner where the reply repeats the context); off decodes one token a step."""
 
     system_prompt: str = ""
     temperature: float = 0.8
     top_p: float = 0.95
     max_tokens: int = 0
     ctx_size: int = 0
-    speculative: bool = False
+    speculative: bool = True
     overflow: str = ""
 
     def to_json(self) -> str:

@@ -18,7 +18,7 @@ from localllm.registry.names import looks_like_path
 from localllm.tui.messages import (
     ModelLoaded, ModelLoadFailed, PullFinished, PullProgressed, ReplyDelta, ReplyFinished, ReplyStarted,
 )
-from localllm.types import Message, SamplingParams
+from localllm.types import DraftParams, Message, SamplingParams
 
 Post = Callable[[object], object]
 
@@ -76,6 +76,7 @@ def stream_reply_worker(
     overflow: str = "refuse",
     clock: Callable[[], float] = time.perf_counter,
     stop_strings: Sequence[str] = (),
+    draft: DraftParams | None = None,
 ) -> None:
     """Generate one reply and post its progress. Setting `stop` ends it at once, keeping
     what was written (the engine is told to cancel; its remaining output is discarded)."""
@@ -87,7 +88,7 @@ def stream_reply_worker(
         tokens, dropped = model.fit_chat(messages, max_tokens, policy=overflow)
         post(ReplyStarted(message_id, len(tokens), model.n_ctx, dropped))
         handle = model.submit(model.request(tokens, sampling, max_tokens or None, stop_strings,
-                                            dropped_messages=dropped))
+                                            dropped_messages=dropped, draft=draft))
         finish, stats = "stop", None
         for chunk in handle:
             if stop.is_set():

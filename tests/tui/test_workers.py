@@ -39,7 +39,7 @@ class FakeHandle:
 def fake_model(handle, prompt=(1, 2, 3)):
     model = SimpleNamespace(
         chat_tokens=lambda messages: list(prompt), n_ctx=64, submit=lambda request: handle, overflow="refuse",
-        request=lambda tokens, sampling, max_tokens, stop=(), dropped_messages=0: (tokens, max_tokens),
+        request=lambda tokens, sampling, max_tokens, stop=(), dropped_messages=0, draft=None: (tokens, max_tokens),
     )
     # The real overflow rule, over the fake's tokens.
     model.fit_chat = lambda messages, max_tokens=None, policy=None: LoadedModel.fit_chat(model, messages, max_tokens, policy)

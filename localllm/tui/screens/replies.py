@@ -88,6 +88,7 @@ class ReplyStreaming:
             stream_reply_worker, model, defaults.conversation(self.model_messages(conv, message.id)), sampling,
             s.max_tokens or defaults.num_predict or 0, message.id, self.query_one(Inbox).post_message, reply.stop,
             self.app.overflow_for(s), stop_strings=defaults.stop,
+            draft=self.app.draft_for(s),
         )
 
         def run() -> None:

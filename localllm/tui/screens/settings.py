@@ -61,8 +61,9 @@ class SettingsScreen(ModalScreen["ConversationSettings | None"]):
                 with Horizontal(classes="settings-row"):
                     yield Label("Speculative decoding", classes="settings-label")
                     yield Switch(s.speculative, id="speculative")
-                yield Label("Speculative decoding (prompt lookup) is saved with the chat and used once the engine "
-                            "supports it.", classes="dialog-hint")
+                yield Label("Speculative decoding (prompt lookup) drafts tokens from the chat and checks them in "
+                            "one pass: the same reply, sooner when it repeats or edits earlier text.",
+                            classes="dialog-hint")
             yield Label("", id="settings-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", variant="primary", id="save", compact=True)

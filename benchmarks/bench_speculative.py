@@ -1,0 +1,271 @@
+"""Prompt-lookup speculative decoding versus plain decoding, greedy, and llama-cpp-python's
+`LlamaPromptLookupDecoding` beside it.
+
+Two tables:
+1. Forward-pass cost: what a forward of n tokens (all logits) costs against 1 token, on
+   SmolLM2-135M Q4_1 and the 1.1B benchmark model (random weights, Q4_K_M, built by
+   synthetic_model.py and cached): the figure that decides whether verifying k drafted
+   tokens can pay on this machine. Sizes interleaved, medians.
+2. Tasks on SmolLM2 (chat template, greedy), then two on stories260K: input-grounded ones (repeat a paragraph,
+   rename in code and output all of it, answer by quoting a passage) and free ones (a
+   story, an open question). Per task, decode tokens/s of ours with --draft none,
+   prompt-lookup and auto, and of llama-cpp-python plain and with prompt lookup; runs
+   interleaved (the order rotates each repeat), medians; "same" says whether the text
+   equals our plain decoding's.
+
+Everything runs with one llama.cpp thread by default: on a machine that others share,
+two threads wait on each other at every barrier and the timings mean nothing.
+
+    python benchmarks/bench_speculative.py [--repeats 3] [--max-tokens 128] [--threads 1]
+        [--skip-1b] [--skip-llama-cpp-python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_model import LLAMA_1B, SHARED_MODELS, cached_model  # noqa: E402
+
+from localllm.config import Settings  # noqa: E402
+from localllm.types import DraftParams, Message, SamplingParams  # noqa: E402
+
+SMOLLM = SHARED_MODELS / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+STORIES = SHARED_MODELS / "stories260K" / "stories260K.gguf"
+DRAFT_MAX, NGRAM = 8, 3
+
+PARAGRAPH = (
+    "The old lighthouse stood at the edge of the cliff for more than a hundred years. Every night its "
+    "keeper climbed the narrow stairs, wound the clockwork and lit the lamp, so that the fishing boats "
+    "could find their way home through the fog. When the keeper grew old, his daughter took over the work."
+)
+CODE = (
+    "def total_price(items, tax_rate):\n"
+    "    subtotal = 0\n"
+    "    for item in items:\n"
+    "        subtotal += item.price * item.quantity\n"
+    "    tax = subtotal * tax_rate\n"
+    "    return subtotal + tax\n"
+    "\n"
+    "def average_price(items):\n"
+    "    subtotal = 0\n"
+    "    for item in items:\n"
+    "        subtotal += item.price\n"
+    "    return subtotal / len(items)\n"
+)
+PASSAGE = (
+    "Honey bees communicate through a series of movements called the waggle dance. A forager that has "
+    "found flowers returns to the hive and walks in a figure of eight. The angle of the straight run "
+    "tells the other bees the direction of the food relative to the sun, and the length of the run "
+    "tells them how far away it is."
+)
+TASKS = [
+    ("repeat paragraph", "grounded", f"Repeat the following paragraph exactly, word for word:\n\n{PARAGRAPH}"),
+    ("rename in code", "grounded",
+     f"Rename the variable subtotal to net_total in this code. Output the whole code and nothing else.\n\n{CODE}"),
+    ("quote passage", "grounded",
+     f"{PASSAGE}\n\nQuoting the passage above word for word, how does the waggle dance tell bees the "
+     "direction and distance of food?"),
+    ("story", "free", "Write a short story about a dragon who learns to bake bread."),
+    ("open question", "free", "Why do people enjoy listening to music? Give a few reasons."),
+]
+
+STORY_TASKS = [
+    ("story", "free", "Once upon a time"),
+    ("repetitive story", "grounded",
+     "Tim had a red ball. He liked to play with his red ball. One day, Tim lost his red ball. Tim"),
+]
+
+
+def settings(threads: int, ctx: int = 2048) -> Settings:
+    home = Path("/tmp/localllm-bench-speculative")
+    return Settings(home=home, cache_dir=home / "cache", ctx_size=ctx, threads=threads, prefix_cache=False)
+
+
+# -- forward cost -------------------------------------------------------------------------
+
+def forward_costs(path: Path, threads: int, sizes=(1, 2, 3, 5, 9), repeats: int = 7) -> dict[int, float]:
+    from localllm.backend.select import load_backend
+
+    backend = load_backend(str(path), settings(threads, ctx=1024))
+    try:
+        vocab = backend.vocabulary
+        prompt = vocab.encode(PARAGRAPH * 2, add_bos=True)[:200]
+        cache = backend.new_cache()
+        backend.forward(prompt, cache)
+        seconds: dict[int, list[float]] = {n: [] for n in sizes}
+        for r in range(repeats):
+            for n in sizes[r % len(sizes):] + sizes[:r % len(sizes)]:
+                t = time.perf_counter()
+                logits = backend.forward(prompt[10:10 + n], cache, all_logits=True)
+                logits.argmax()
+                seconds[n].append(time.perf_counter() - t)
+                backend.trim(cache, len(prompt))
+        cache.close()
+        return {n: statistics.median(v) for n, v in seconds.items()}
+    finally:
+        backend.close()
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+class Ours:
+    def __init__(self, path: Path, threads: int):
+        from localllm.runtime import load_model
+
+        self.model = load_model(str(path), settings(threads))
+
+    def prompt(self, text: str, chat: bool) -> list[int]:
+        return self.model.chat_tokens([Message("user", text)]) if chat else self.model.text_tokens(text)
+
+    def run(self, tokens: list[int], mode: str, max_tokens: int):
+        request = self.model.request(tokens, SamplingParams(temperature=0), max_tokens,
+                                     draft=DraftParams(mode, DRAFT_MAX, NGRAM))
+        handle = self.model.submit(request)
+        out = handle.text()
+        s = handle.stats
+        return out, s.decode_tokens_per_s, s.generated_tokens, (s.accepted_tokens, s.draft_tokens)
+
+
+def llama_cpp_python_worker(path: str, threads: int, prompt_lookup: bool, max_tokens: int) -> None:
+    """Runs in a child process (`--lcpp-worker`): llama-cpp-python's high-level Llama, plain
+    or with LlamaPromptLookupDecoding, on the prompt token ids read from stdin (our chat
+    template's: the same prompt as ours); prints one JSON line. A child, because this
+    build's high-level Llama crashes (SIGSEGV in llama_decode) on some models."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    request = json.loads(sys.stdin.read())
+    draft = LlamaPromptLookupDecoding(num_pred_tokens=DRAFT_MAX, max_ngram_size=NGRAM) if prompt_lookup else None
+    llm = Llama(path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                n_gpu_layers=0, verbose=False, draft_model=draft)
+    stop_ids = set(request["stop_ids"]) | {llm.token_eos()}
+    out, t_first, t_last = [], 0.0, 0.0
+    for token in llm.generate(request["tokens"], top_k=1, temp=0.0):
+        now = time.perf_counter()
+        if token in stop_ids:
+            break
+        out.append(token)
+        if len(out) == 1:
+            t_first = now
+        t_last = now
+        if len(out) >= max_tokens:
+            break
+    rate = (len(out) - 1) / (t_last - t_first) if len(out) > 1 and t_last > t_first else 0.0
+    print(json.dumps({"tokens": out, "rate": rate}))
+
+
+class LlamaCppPython:
+    def __init__(self, path: Path, threads: int, prompt_lookup: bool, stop_ids, detokenize):
+        self.args = [sys.executable, __file__, "--lcpp-worker", str(path), str(threads), str(int(prompt_lookup))]
+        self.stop_ids, self.detokenize = list(stop_ids), detokenize
+
+    def run(self, tokens: list[int], max_tokens: int):
+        r = subprocess.run(self.args + [str(max_tokens)], input=json.dumps({"tokens": tokens, "stop_ids": self.stop_ids}),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            return None  # crashed: shown as such
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+        return self.detokenize(result["tokens"]), result["rate"], len(result["tokens"]), None
+
+
+def run_tasks(path: Path, tasks, chat: bool, args) -> list[dict]:
+    ours = Ours(path, args.threads)
+    names = ["none", "prompt-lookup", "auto"]
+    lcpp = {}
+    if not args.skip_llama_cpp_python:
+        stop_ids = ours.model.prompter.stop_token_ids if chat else ()
+        vocab = ours.model.tokenizer
+
+        def detokenize(ids):
+            return b"".join(vocab.token_bytes(t) for t in ids).decode("utf-8", errors="replace")
+
+        lcpp = {"lcpp plain": LlamaCppPython(path, args.threads, False, stop_ids, detokenize),
+                "lcpp lookup": LlamaCppPython(path, args.threads, True, stop_ids, detokenize)}
+    names += list(lcpp)
+    rows = []
+    for name, kind, text in tasks:
+        results: dict[str, list] = {n: [] for n in names}
+        tokens = ours.prompt(text, chat)
+        for r in range(args.repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for side in order:
+                if side in lcpp:
+                    results[side].append(lcpp[side].run(tokens, args.max_tokens))
+                else:
+                    results[side].append(ours.run(tokens, side, args.max_tokens))
+        plain_text = results["none"][0][0]
+        row = {"task": name, "kind": kind, "tokens": results["none"][0][2]}
+        for side in names:
+            done = [x for x in results[side] if x is not None]
+            if not done:
+                row[side] = None
+                continue
+            row[side] = statistics.median(x[1] for x in done)
+            # llama-cpp-python's text is compared by tokens turned to text our way (its
+            # detokenizer strips differently); ours by the streamed text.
+            row[side + " same"] = all(x[0].strip() == plain_text.strip() for x in done)
+            acc = [x[3] for x in done if x[3] is not None]
+            if acc:
+                row[side + " acceptance"] = sum(a for a, _ in acc) / max(1, sum(d for _, d in acc))
+        rows.append(row)
+        print_row(row, names, header=len(rows) == 1)
+    ours.model.close()
+    return rows
+
+
+def print_row(row: dict, names: list[str], header: bool) -> None:
+    if header:
+        print(f"\n{'task':<17}{'kind':<9}{'tok':>4}  " + "".join(f"{n:>24}" for n in names))
+    cells = []
+    plain = row["none"] or 1.0
+    for n in names:
+        if row[n] is None:
+            cells.append("crashed (SIGSEGV)")
+            continue
+        same = "=" if row[n + " same"] else "≠"
+        acc = f" {row[n + ' acceptance']:.0%}" if n + " acceptance" in row and n != "none" else ""
+        cells.append(f"{row[n]:7.1f} {row[n] / plain:5.2f}x {same}{acc:>5}")
+    print(f"{row['task']:<17}{row['kind']:<9}{row['tokens']:>4}  " + "".join(f"{c:>24}" for c in cells), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-1b", action="store_true")
+    ap.add_argument("--skip-llama-cpp-python", action="store_true")
+    ap.add_argument("--lcpp-worker", nargs=4, metavar=("MODEL", "THREADS", "LOOKUP", "MAX"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.lcpp_worker:
+        path, threads, lookup, most = args.lcpp_worker
+        llama_cpp_python_worker(path, int(threads), lookup == "1", int(most))
+        return
+
+    print(f"forward of n tokens against 1 token (all logits; medians; {args.threads} thread(s))")
+    models = [("SmolLM2-135M Q4_1", SMOLLM)]
+    if not args.skip_1b:
+        models.append(("llama 1.1B Q4_K_M", cached_model(LLAMA_1B, "Q4_K_M")))
+    for label, path in models:
+        costs = forward_costs(path, args.threads)
+        c1 = costs[1]
+        print(f"  {label:<20} 1 token {c1 * 1000:7.1f} ms   " +
+              "   ".join(f"{n}: {c / c1:4.2f}x" for n, c in costs.items() if n > 1), flush=True)
+
+    legend = (f"up to {args.max_tokens} tokens, median of {args.repeats}; ratio to ours with --draft none; "
+              "'=' same text as ours plain; % drafted tokens accepted")
+    print(f"\ndecode tokens/s, greedy, SmolLM2-135M Q4_1 (chat template), {legend}")
+    run_tasks(SMOLLM, TASKS, True, args)
+    print(f"\ndecode tokens/s, greedy, stories260K (continuation), {legend}")
+    run_tasks(STORIES, STORY_TASKS, False, args)
+
+
+if __name__ == "__main__":
+    main()

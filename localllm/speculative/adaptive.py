@@ -1,0 +1,162 @@
+"""When drafting pays, measured: per loaded model, how long a forward pass of n tokens
+takes on this machine now, and how often drafts are accepted.
+
+A verification feeds the pending token and k drafted ones in one pass that costs c(k+1)
+instead of c(1), and yields every draft token up to the first the model disagrees with,
+plus the model's own next token. If each draft token is accepted with probability a
+(given the ones before it were), a verification yields E(k) = 1 + a + ... + a^k tokens,
+so it beats plain decoding when E(k) * c(1) / c(k+1) > 1. How steeply c grows with n
+depends on the model, the backend and how busy the machine is (on a loaded 2-core
+machine a 9-token pass of SmolLM2 measured 3.9x a 1-token pass; on a GPU it is ~1x), so
+c is measured, not assumed: every forward the producers make is timed, per n, and the
+median of the recent ones is used. Acceptance is kept per match length (a 3-token
+n-gram match is right far more often than a 1-token one) with old outcomes fading out.
+
+Where drafting does not pay, a draft is still tried now and then (one token, with a
+growing interval while those probes fail) so that text that turns repetitive later (the
+model starts quoting) switches drafting back on.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+from localllm.speculative.drafter import Draft
+
+RECENT_TIMINGS = 16  # forward timings kept per size
+PRIOR_SLOPE = 0.25  # c(n) grows by this fraction of c(1) per extra token until measured
+ACCEPTANCE_PRIOR = (0.6, 2.0)  # (accepted, trials) before any outcome: a = 0.3
+FADE = 0.9  # weight left to older outcomes after each verification of that match length
+MARGIN = 1.05  # draft only where the expected speed-up beats noise
+PROBE_FIRST, PROBE_MOST = 4, 64  # drafts skipped between probes, first and at most
+
+
+def expected_tokens(acceptance: float, k: int) -> float:
+    """Tokens one verification of k drafted tokens yields: 1 + a + ... + a^k."""
+    a = min(acceptance, 0.99)
+    return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+class ForwardCosts:
+    """Recent wall-clock seconds of a forward pass (and its sampling) of n tokens."""
+
+    def __init__(self):
+        self._seconds: dict[int, deque[float]] = {}
+        self._median: dict[int, float] = {}  # kept current: `estimate` runs every step
+
+    def record(self, n_tokens: int, seconds: float) -> None:
+        timings = self._seconds.setdefault(n_tokens, deque(maxlen=RECENT_TIMINGS))
+        timings.append(seconds)
+        self._median[n_tokens] = statistics.median(timings)
+
+    def measured(self, n_tokens: int) -> float | None:
+        return self._median.get(n_tokens)
+
+    def estimate(self, n_tokens: int) -> float | None:
+        """c(n): measured, else interpolated between measured sizes, else extrapolated
+        from the largest measured one with the steeper of its slope and PRIOR_SLOPE.
+        None until a 1-token pass was measured."""
+        medians = self._median
+        c1 = medians.get(1)
+        if c1 is None:
+            return None
+        exact = medians.get(n_tokens)
+        if exact is not None:
+            return exact
+        below = max(s for s in medians if s < n_tokens)
+        above = min((s for s in medians if s > n_tokens), default=None)
+        c_below = medians[below]
+        if above is not None:
+            return c_below + (medians[above] - c_below) * (n_tokens - below) / (above - below)
+        slope = PRIOR_SLOPE * c1
+        if below > 1:
+            slope = max(slope, (c_below - c1) / (below - 1))
+        return c_below + slope * (n_tokens - below)
+
+    def ratio(self, n_tokens: int) -> float | None:
+        """c(n) / c(1), for reports."""
+        c1, cn = self.measured(1), self.measured(n_tokens)
+        return cn / c1 if c1 and cn is not None else None
+
+
+class _Acceptance:
+    """Fading counts of draft tokens accepted out of those tried, for one match length."""
+
+    __slots__ = ("accepted", "trials", "skipped", "probe_interval")
+
+    def __init__(self):
+        self.accepted, self.trials = ACCEPTANCE_PRIOR
+        self.skipped = 0
+        self.probe_interval = PROBE_FIRST
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.trials
+
+
+class AdaptiveDraftPolicy:
+    """Decides per step how many drafted tokens to verify (0: a plain step). One per
+    loaded model (the engine keeps it), so what it learned carries over between requests.
+    Used from the engine thread only."""
+
+    def __init__(self):
+        self.costs = ForwardCosts()
+        self._by_match: dict[int, _Acceptance] = {}
+
+    def acceptance(self, match_length: int) -> float:
+        return self._stats(match_length).rate
+
+    def _stats(self, match_length: int) -> _Acceptance:
+        stats = self._by_match.get(match_length)
+        if stats is None:
+            stats = self._by_match[match_length] = _Acceptance()
+        return stats
+
+    def choose(self, draft: Draft, k_max: int) -> int:
+        """How many of `draft.tokens` (at most `k_max`) to verify; 0 for a plain step."""
+        c1 = self.costs.estimate(1)
+        if c1 is None:
+            return 0  # measure a plain step first
+        stats = self._stats(draft.match_length)
+        best_k, best_gain = 0, MARGIN
+        for k in range(1, min(len(draft.tokens), k_max) + 1):
+            gain = expected_tokens(stats.rate, k) * c1 / self.costs.estimate(k + 1)
+            if gain > best_gain:
+                best_k, best_gain = k, gain
+        if best_k:
+            return best_k
+        stats.skipped += 1
+        if stats.skipped >= stats.probe_interval:
+            stats.skipped = 0
+            return 1
+        return 0
+
+    def record_forward(self, n_tokens: int, seconds: float) -> None:
+        self.costs.record(n_tokens, seconds)
+
+    def record_verification(self, match_length: int, k: int, accepted: int) -> None:
+        """`accepted` of `k` drafted tokens were confirmed (all before the first rejection)."""
+        stats = self._stats(match_length)
+        trials = accepted + (accepted < k)
+        stats.accepted = stats.accepted * FADE + accepted
+        stats.trials = stats.trials * FADE + trials
+        if k == 1:  # probes back off while they fail and start over when one succeeds
+            stats.probe_interval = PROBE_FIRST if accepted else min(PROBE_MOST, stats.probe_interval * 2)
+
+
+class AlwaysDraftPolicy:
+    """`--draft prompt-lookup`: verify every draft, as long as allowed; timings and
+    outcomes still go to the model's adaptive policy, so `auto` learns from these runs."""
+
+    def __init__(self, learner: AdaptiveDraftPolicy):
+        self.learner = learner
+
+    def choose(self, draft: Draft, k_max: int) -> int:
+        return min(len(draft.tokens), k_max)
+
+    def record_forward(self, n_tokens: int, seconds: float) -> None:
+        self.learner.record_forward(n_tokens, seconds)
+
+    def record_verification(self, match_length: int, k: int, accepted: int) -> None:
+        self.learner.record_verification(match_length, k, accepted)

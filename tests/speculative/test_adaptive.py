@@ -1,0 +1,103 @@
+"""The adaptive policy's decisions from given costs and outcomes (no clock involved)."""
+
+from __future__ import annotations
+
+import pytest
+
+from localllm.speculative.adaptive import (
+    PROBE_FIRST, PROBE_MOST, AdaptiveDraftPolicy, ForwardCosts, expected_tokens,
+)
+from localllm.speculative.drafter import Draft
+
+DRAFT8 = Draft(tuple(range(8)), 3)
+
+
+def policy_with_costs(costs: dict[int, float]) -> AdaptiveDraftPolicy:
+    policy = AdaptiveDraftPolicy()
+    for n, seconds in costs.items():
+        for _ in range(3):
+            policy.record_forward(n, seconds)
+    return policy
+
+
+def test_expected_tokens():
+    assert expected_tokens(0.0, 5) == 1.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+    assert expected_tokens(1.0, 4) == pytest.approx(expected_tokens(0.99, 4))
+
+
+def test_costs_interpolate_and_extrapolate():
+    costs = ForwardCosts()
+    assert costs.estimate(3) is None  # nothing until a 1-token pass is measured
+    costs.record(1, 1.0)
+    assert costs.estimate(5) == pytest.approx(2.0)  # the prior slope, 0.25 per token
+    costs.record(5, 3.0)
+    assert costs.estimate(3) == pytest.approx(2.0)  # between measured sizes
+    assert costs.estimate(9) == pytest.approx(5.0)  # the measured slope (0.5) beats the prior
+    assert costs.ratio(5) == pytest.approx(3.0)
+    for s in (10.0, 10.0, 10.0):
+        costs.record(1, s)
+    assert costs.measured(1) == pytest.approx(10.0)  # the median of recent timings
+
+
+def test_no_draft_until_a_plain_step_was_timed():
+    assert AdaptiveDraftPolicy().choose(DRAFT8, 8) == 0
+
+
+def test_cheap_batches_and_good_acceptance_draft_long():
+    policy = policy_with_costs({1: 1.0, 9: 1.2})
+    for _ in range(5):
+        policy.record_verification(3, 8, 8)
+    assert policy.choose(DRAFT8, 8) == 8
+    assert policy.choose(DRAFT8, 3) == 3  # never past k_max
+
+
+def test_steep_costs_draft_short_or_not_at_all():
+    steep = {n: float(n) for n in range(1, 10)}  # a k+1 token pass costs k+1 plain steps
+    policy = policy_with_costs(steep)
+    for _ in range(10):
+        policy.record_verification(3, 4, 4)
+    assert policy.choose(DRAFT8, 8) == 0  # even 99% acceptance cannot pay for linear cost
+    policy = policy_with_costs({1: 1.0, 2: 1.3, 3: 1.6, 5: 2.2, 9: 3.9})
+    for _ in range(10):
+        policy.record_verification(3, 4, 4)
+    assert 2 <= policy.choose(DRAFT8, 8) <= 8
+
+
+def test_the_prior_tries_where_batches_are_cheap_and_waits_for_probes_where_not():
+    assert policy_with_costs({n: 1.0 + 0.05 * (n - 1) for n in range(1, 10)}).choose(DRAFT8, 8) > 0
+    steep = policy_with_costs({n: 1.0 + 0.3 * (n - 1) for n in range(1, 10)})
+    choices = [steep.choose(DRAFT8, 8) for _ in range(PROBE_FIRST)]
+    assert choices == [0] * (PROBE_FIRST - 1) + [1]
+    steep.record_verification(3, 1, 1)  # the probe was right: draft
+    assert steep.choose(DRAFT8, 8) > 0
+
+
+def test_turns_off_on_rejections_probes_and_turns_back_on():
+    policy = policy_with_costs({n: 1.0 + 0.3 * (n - 1) for n in range(1, 10)})
+    for _ in range(3):
+        policy.record_verification(3, 4, 4)
+    assert policy.choose(DRAFT8, 8) > 0
+    for _ in range(20):
+        policy.record_verification(3, 4, 0)
+    choices = [policy.choose(DRAFT8, 8) for _ in range(PROBE_FIRST)]
+    assert choices[:-1] == [0] * (PROBE_FIRST - 1) and choices[-1] == 1  # off, then one probe
+    policy.record_verification(3, 1, 0)  # the probe fails: the interval doubles
+    choices = [policy.choose(DRAFT8, 8) for _ in range(2 * PROBE_FIRST)]
+    assert choices.count(1) == 1 and choices[-1] == 1
+    for _ in range(50):  # probes keep failing: the interval stops growing at PROBE_MOST
+        policy.record_verification(3, 1, 0)
+    assert policy._stats(3).probe_interval == PROBE_MOST
+    for _ in range(15):  # the text turned repetitive: probes succeed, drafting comes back
+        policy.record_verification(3, 1, 1)
+    assert policy.choose(DRAFT8, 8) > 1
+
+
+def test_acceptance_is_kept_per_match_length():
+    policy = policy_with_costs({n: 1.0 + 0.3 * (n - 1) for n in range(1, 10)})
+    for _ in range(20):
+        policy.record_verification(1, 4, 0)
+        policy.record_verification(3, 4, 4)
+    assert policy.acceptance(1) < 0.1 < 0.9 < policy.acceptance(3)
+    assert policy.choose(Draft(DRAFT8.tokens, 1), 8) == 0
+    assert policy.choose(DRAFT8, 8) > 0
