@@ -85,7 +85,9 @@ STORY_TASKS = [
 
 def settings(threads: int, ctx: int = 2048) -> Settings:
     home = Path("/tmp/localllm-bench-speculative")
-    return Settings(home=home, cache_dir=home / "cache", ctx_size=ctx, threads=threads, prefix_cache=False)
+    # One request at a time, as `run` and `chat` serve them (auto drafts only outside a shared batch).
+    return Settings(home=home, cache_dir=home / "cache", ctx_size=ctx, threads=threads, prefix_cache=False,
+                    parallel=1)
 
 
 # -- forward cost -------------------------------------------------------------------------
