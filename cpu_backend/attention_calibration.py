@@ -222,15 +222,24 @@ def _timings(entry) -> tuple[AttentionTiming, AttentionTiming] | None:
 
 
 def choose_flash_attn(model, *, model_path: str, mode: str, kv_type: str, n_ctx: int, threads: int,
-                      cache_dir: Path | None) -> AttentionChoice:
+                      cache_dir: Path | None, sequences: int = 1) -> AttentionChoice:
     """Flash attention for a context of `n_ctx` tokens: forced by `mode` ("on"/"off"),
-    required by a quantized KV type, or measured (`mode` "auto") and cached."""
+    required by a quantized KV type or by several `sequences` decoding together, or
+    measured (`mode` "auto", one sequence) and cached."""
     if mode == "on":
         return AttentionChoice(True, "flash attention on (--flash-attn on)")
     if kv_type != "f16":
         return AttentionChoice(True, f"flash attention on (llama.cpp needs it for a {kv_type} KV cache)")
     if mode == "off":
         return AttentionChoice(False, "flash attention off (--flash-attn off)")
+    if sequences > 1:
+        # Measured on SmolLM2 Q4_1 (llama.cpp 0.3.36): without flash attention a sequence
+        # decoded in one batch with 3 others got logits up to 0.44 away from the same
+        # sequence alone, so a greedy reply depended on what else was running; with it
+        # they are identical. It also skips the other sequences' cells of the shared
+        # KV buffer instead of computing scores over them.
+        return AttentionChoice(True, f"flash attention on ({sequences} sequences decode together: without it "
+                                     "llama.cpp gives a batched sequence other logits than alone)")
     depth = min(TYPICAL_DEPTH, max(16, n_ctx // 2))
     file = cache_dir / CACHE_FILE if cache_dir is not None else None
     key = f"{machine_key(threads)}|{model_key(model_path, kv_type)}"

@@ -128,7 +128,8 @@ class LlamaCppBackend:
         # Flash attention helps some models on some machines and hurts others (see
         # attention_calibration): "auto" measures both once per model file and machine.
         choice = choose_flash_attn(self._model, model_path=info.path, mode=flash_attn, kv_type=kv_type,
-                                   n_ctx=ctx_size, threads=threads, cache_dir=calibration_dir)
+                                   n_ctx=ctx_size, threads=threads, cache_dir=calibration_dir,
+                                   sequences=max(1, kv_pool))
         self.flash_attn = choice.flash_attn
         self.attention_note = choice.reason
         if verbose:

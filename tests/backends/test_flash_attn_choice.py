@@ -16,7 +16,8 @@ from tests.conftest import run_cli
 
 
 def _settings(tmp_path: Path, **kw) -> Settings:
-    return Settings(home=tmp_path / "home", cache_dir=tmp_path / "cache", ctx_size=512, threads=1, **kw).validate()
+    return Settings(home=tmp_path / "home", cache_dir=tmp_path / "cache", ctx_size=512, threads=1,
+                    **({"parallel": 1} | kw)).validate()
 
 
 def _greedy(backend, n: int = 40) -> list[int]:
@@ -118,6 +119,15 @@ def test_a_corrupt_cache_file_is_measured_again(stories_path, tmp_path):
     backend = load_backend(str(stories_path), _settings(tmp_path, flash_attn="auto"))
     backend.close()
     assert backend.attention_note.startswith("flash attention")
+
+
+def test_auto_is_on_when_several_sequences_decode_together(stories_path, tmp_path):
+    backend = load_backend(str(stories_path), _settings(tmp_path, flash_attn="auto", parallel=4))
+    try:
+        assert backend.flash_attn is True and "4 sequences decode together" in backend.attention_note
+    finally:
+        backend.close()
+    assert not (tmp_path / "cache" / "attention-calibration.json").exists()
 
 
 def test_off_with_a_quantized_kv_cache_is_a_user_error(tmp_path):
