@@ -49,23 +49,31 @@ def cache_dir() -> Path:
     return path
 
 
-def _vocab():
+def read_vocab(path: Path) -> tuple[list, list, list]:
+    """(tokens, scores, token types) of a SentencePiece ("llama") GGUF vocabulary."""
     import gguf
 
-    r = gguf.GGUFReader(str(VOCAB_GGUF))
+    r = gguf.GGUFReader(str(path))
+    return tuple(r.fields[k].contents() for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"))
 
-    def field(name):
-        f = r.fields[name]
-        return [bytes(f.parts[i]) for i in f.data] if f.types[-1] == gguf.GGUFValueType.STRING else [f.parts[i][0].item() for i in f.data]
 
-    return field("tokenizer.ggml.tokens"), field("tokenizer.ggml.scores"), field("tokenizer.ggml.token_type")
+def add_vocab(w, vocab: tuple[list, list, list]) -> None:
+    """Write a `read_vocab` vocabulary into a GGUFWriter, with Llama 2's special ids."""
+    tokens, scores, types = vocab
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
 
 
 def write_f16(shape: LlamaShape, path: Path, seed: int = 0) -> None:
     import gguf
 
-    tokens, scores, types = _vocab()
-    vocab = len(tokens)
+    vocab_fields = read_vocab(VOCAB_GGUF)
+    vocab = len(vocab_fields[0])
     rng = np.random.default_rng(seed)
     tmp = path.with_suffix(".partial")
     w = gguf.GGUFWriter(str(tmp), "llama")
@@ -79,13 +87,7 @@ def write_f16(shape: LlamaShape, path: Path, seed: int = 0) -> None:
     w.add_rope_dimension_count(shape.dim // shape.n_heads)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(1)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    add_vocab(w, vocab_fields)
 
     def rand(*dims):  # gguf shapes are numpy order: (out, in)
         return (rng.standard_normal(dims, dtype=np.float32) * 0.02).astype(np.float16)

@@ -48,15 +48,16 @@ class MLXLoader:
             return inspect_folder(path)
         from gguf import GGMLQuantizationType
 
-        from localllm.formats.gguf import inspect_gguf, read_header, tensor_nbytes
+        from localllm.formats.gguf import describe_gguf, read_header, tensor_nbytes
+        from localllm.formats.gguf_checks import require_weights
         from localllm.models.gguf_repack import SUPPORTED
 
-        info = inspect_gguf(path)
-        if info.n_params == 0:
-            raise ModelFileError(f"{path}: holds only a vocabulary, no weights: give the model's full GGUF file")
+        meta, tensors = read_header(path)
+        info = describe_gguf(path, meta, tensors)
+        require_weights(info)
         _architecture_table()[1](info.architecture, str(path))
         in_memory = 0.0
-        for name, shape, ggml_type, _ in read_header(path)[1]:
+        for name, shape, ggml_type, _ in tensors:
             kind = GGMLQuantizationType(ggml_type)
             if kind not in SUPPORTED:
                 raise ModelFileError(

@@ -219,9 +219,14 @@ FILE_TYPES = {
 
 def inspect_gguf(path: str | os.PathLike) -> ModelInfo:
     """Validate a GGUF file (exists, magic, header, not truncated) and describe it."""
+    return describe_gguf(path, *read_header(path))
+
+
+def describe_gguf(path: str | os.PathLike, meta: dict, tensors: list[tuple]) -> ModelInfo:
+    """`inspect_gguf` on a header already read (`read_header`), for callers that also
+    need its tensor table."""
     from localllm.formats.gguf_checks import check_header_values
 
-    meta, tensors = read_header(path)
     weights = check_complete(path, meta, tensors)
     arch = meta.get("general.architecture", "")
     if not arch or not isinstance(arch, str):

@@ -120,14 +120,19 @@ def supported_gguf_architectures() -> frozenset[str]:
     return frozenset(MODEL_ARCH_NAMES.values())
 
 
+def require_weights(info: ModelInfo) -> None:
+    """Refuse a vocabulary-only GGUF (no tensors) where a model is to be loaded."""
+    if info.n_params == 0:
+        raise ModelFileError(f"{info.path}: holds only a vocabulary, no weights: give the model's full GGUF file")
+
+
 def check_loadable(path: str | os.PathLike) -> ModelInfo:
     """Everything `load` would refuse or crash on, found from the header alone: what
     `inspect_gguf` checks, plus weights present and a known architecture."""
     from localllm.formats.gguf import inspect_gguf
 
     info = inspect_gguf(path)
-    if info.n_params == 0:
-        raise ModelFileError(f"{path}: holds only a vocabulary, no weights: give the model's full GGUF file")
+    require_weights(info)
     if info.architecture not in supported_gguf_architectures():
         raise ModelFileError(
             f"{path}: unsupported model architecture {info.architecture[:60]!r}: "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.models.builders import TestShape, _stories_vocab, write_f32
+from tests.models.builders import TestShape, add_vocab, stories_vocab, write_f32
 
 SLIDING_WINDOW = 4
 N_LAYERS = 7  # layers 0-4 and 6 slide, layer 5 is global (llama.cpp's gemma3 pattern of 6)
@@ -41,8 +41,8 @@ def write_mamba(path: Path, models_dir: Path, seed: int = 0) -> Path:
     `write_gemma3`: for checking that such a state is never cut back."""
     import gguf
 
-    tokens, scores, types = _stories_vocab(models_dir)
-    vocab, dim, inner, state, conv, dt_rank = len(tokens), 64, 128, 8, 4, 4
+    vocab_fields = stories_vocab(models_dir)
+    vocab, dim, inner, state, conv, dt_rank = len(vocab_fields[0]), 64, 128, 8, 4, 4
     rng = np.random.default_rng(seed)
     tmp = path.with_suffix(".partial")
     w = gguf.GGUFWriter(str(tmp), "mamba")
@@ -58,13 +58,7 @@ def write_mamba(path: Path, models_dir: Path, seed: int = 0) -> Path:
     w.add_ssm_state_size(state)
     w.add_ssm_time_step_rank(dt_rank)
     w.add_file_type(0)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
+    add_vocab(w, vocab_fields)
 
     def rand(*dims, scale=1.0):
         return (rng.standard_normal(dims, dtype=np.float32) * scale / np.sqrt(dims[-1])).astype(np.float32)

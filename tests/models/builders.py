@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from synthetic_model import add_vocab, quantize, read_vocab  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,8 @@ SHAPES = {
 }
 
 
-def _stories_vocab(models_dir: Path):
-    import gguf
-
-    r = gguf.GGUFReader(str(models_dir / "stories260K" / "stories260K.gguf"))
-
-    return tuple(r.fields[k].contents() for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"))
+def stories_vocab(models_dir: Path) -> tuple[list, list, list]:
+    return read_vocab(models_dir / "stories260K" / "stories260K.gguf")
 
 
 def llama3_rope_factors(head_dim: int, base: float, factor=8.0, low=1.0, high=4.0, original=8192) -> np.ndarray:
@@ -75,8 +74,8 @@ def llama3_rope_factors(head_dim: int, base: float, factor=8.0, low=1.0, high=4.
 def write_f32(shape: TestShape, path: Path, models_dir: Path, seed: int = 0) -> None:
     import gguf
 
-    tokens, scores, types = _stories_vocab(models_dir)
-    vocab = len(tokens)
+    vocab_fields = stories_vocab(models_dir)
+    vocab = len(vocab_fields[0])
     rng = np.random.default_rng(seed)
     a = shape.arch
     w = gguf.GGUFWriter(str(path), a)
@@ -96,12 +95,7 @@ def write_f32(shape: TestShape, path: Path, models_dir: Path, seed: int = 0) -> 
     if shape.sliding_window:
         w.add_sliding_window(shape.sliding_window)
     w.add_file_type(0)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    add_vocab(w, vocab_fields)
 
     def mat(rows, cols):  # numpy order (out, in); unit-variance outputs
         return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
@@ -161,8 +155,5 @@ def build(shape_name: str, quant: str, folder: Path, models_dir: Path) -> Path:
     from localllm.cpu_backend import llama_log
 
     llama_log.install(False)  # the quantizer's per-tensor lines only when asked for
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from synthetic_model import quantize
-
     quantize(f32, out, getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}"))
     return out
