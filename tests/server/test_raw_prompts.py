@@ -5,6 +5,8 @@ the rule that user text never becomes a control token."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 
@@ -21,8 +23,8 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def smol_server(smollm_path, tmp_path_factory):
-    running = start_server(ServerConfig(port=0, preload=str(smollm_path)),
-                           server_settings(tmp_path_factory.mktemp("raw-home")))
+    settings = replace(server_settings(tmp_path_factory.mktemp("raw-home")), flash_attn="on")
+    running = start_server(ServerConfig(port=0, preload=str(smollm_path)), settings)
     wait_until(lambda: any(s.state == "ready" for s in running.state.models.slots()), timeout=120)
     yield running
     running.stop()
@@ -83,7 +85,11 @@ def test_user_text_never_becomes_a_control_token(smol_server, smollm_path, llama
 
 @pytest.mark.slow
 def test_run_raw_matches_chat(smollm_path, chat_reply, isolated_home):
+    """The same computation as the server's: flash attention on (the server decodes several
+    sequences together, so auto turns it on; alone, auto measures which is faster here) and no
+    drafts (verifying a draft batches tokens, whose sums round differently), so greedy must agree."""
     out = run_cli("run", str(smollm_path), RAW_CHATML, "--raw", "--temperature", "0", "--max-tokens",
-                  str(MAX_TOKENS), "--ctx-size", str(CTX), "--threads", "1", "--stats", "json")
+                  str(MAX_TOKENS), "--ctx-size", str(CTX), "--threads", "1", "--stats", "json",
+                  "--flash-attn", "on", "--draft", "none")
     assert out.returncode == 0, out.stderr
     assert out.stdout == chat_reply["choices"][0]["message"]["content"] + "\n"
