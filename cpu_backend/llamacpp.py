@@ -82,6 +82,7 @@ class LlamaCppBackend:
     """A GGUF model loaded by llama.cpp on the CPU."""
 
     name = "llamacpp"
+    decodes_ahead = False  # llama_decode returns with the logits computed
 
     def __init__(
         self,

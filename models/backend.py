@@ -5,9 +5,11 @@ protocol (`localllm.backend.protocol`).
   sliding-window capability, save/load state as bytes, f16 or 8-bit ("q8_0") keys/values.
 - Logits stay on the device (`MLXLogits`): `argmax` runs there and copies one int per
   row; `numpy(row)` copies one row.
-- Decode is pipelined: `forward` queues the step with `mx.async_eval` and returns at
-  once, so the caller's own work (detokenizing, stop strings) overlaps the compute until
-  it reads the logits.
+- Decode is pipelined (`decodes_ahead`): `forward` queues the step with `mx.async_eval`
+  and returns at once, and takes a token still on the device (`MLXPendingToken`, from
+  `MLXLogits.argmax_pending`), so greedy decoding builds and queues step n+1 before
+  reading token n (the engine's `greedy_ahead`, batching.py), as mlx-lm's generate does.
+- `forward_batch` packs several caches' tokens into one model call (`PackedLayer`).
 - Prefill runs in chunks of `PREFILL_CHUNK` tokens, each evaluated before the next, which
   bounds the attention scores and activations held at once.
 On Linux MLX runs on the CPU in float32: a correctness path (see README); on Apple
@@ -24,21 +26,67 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
-from localllm.backend.protocol import BatchItem, CacheCapability, MemoryReport, forward_each, window_min_tokens
+from localllm.backend.protocol import BatchItem, CacheCapability, MemoryReport, window_min_tokens
 from localllm.errors import ContextOverflowError
 from localllm.models.cache import KV_GROUP, STEP, SlidingKVCache
+from localllm.models.layers import PackedLayer
 from localllm.types import ModelInfo
 
 PREFILL_CHUNK = 512
 STATE_FORMAT = 1
 
 
+class MLXPendingToken:
+    """A token picked on the device (`MLXLogits.argmax_pending`) that `forward` can be fed
+    before its value reaches the host; `item()` waits for it and reads it once."""
+
+    __slots__ = ("array", "_value")
+
+    def __init__(self, array: mx.array):
+        self.array = array  # int32 [1], lazy until evaluated
+        self._value: int | None = None
+
+    def item(self) -> int:
+        if self._value is None:
+            self._value = int(self.array.item())
+        return self._value
+
+    __int__ = item
+
+
 class MLXCache:
-    """The layer caches of one sequence and the tokens they hold."""
+    """The layer caches of one sequence and the tokens they hold. Tokens fed while still
+    on the device (`MLXPendingToken`) are read into `tokens` the first time it is asked."""
 
     def __init__(self, layers: list):
         self.layers = layers
-        self.tokens: list[int] = []
+        self._tokens: list[int] = []
+        self._unread: list[MLXPendingToken] = []
+
+    @property
+    def tokens(self) -> list[int]:
+        if self._unread:
+            self._tokens.extend(p.item() for p in self._unread)
+            self._unread.clear()
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, value: list[int]) -> None:
+        self._tokens, self._unread = list(value), []
+
+    @property
+    def n_tokens(self) -> int:
+        """len(tokens), without waiting for tokens still on the device."""
+        return len(self._tokens) + len(self._unread)
+
+    def append_fed(self, tokens: Sequence) -> None:
+        for t in tokens:
+            if isinstance(t, MLXPendingToken):
+                self._unread.append(t)
+            elif self._unread:
+                self.tokens.append(t)
+            else:
+                self._tokens.append(t)
 
     def close(self) -> None:
         self.layers = []
@@ -60,6 +108,28 @@ class MLXLogits:
 
     def argmax(self) -> np.ndarray:
         return np.array(mx.argmax(self._rows, axis=-1)).astype(np.int64)
+
+    def argmax_pending(self, row: int) -> MLXPendingToken:
+        # The same device argmax as `argmax` (first index on ties), queued, not read.
+        token = mx.argmax(self._rows[row], axis=-1).astype(mx.int32).reshape(1)
+        mx.async_eval(token)
+        return MLXPendingToken(token)
+
+
+def token_array(tokens: Sequence) -> mx.array:
+    """int32 [n] of host ids and pending device tokens, in order."""
+    parts, run = [], []
+    for t in tokens:
+        if isinstance(t, MLXPendingToken):
+            if run:
+                parts.append(mx.array(run, dtype=mx.int32))
+                run = []
+            parts.append(t.array)
+        else:
+            run.append(t)
+    if run:
+        parts.append(mx.array(run, dtype=mx.int32))
+    return parts[0] if len(parts) == 1 else mx.concatenate(parts)
 
 
 def compute_dtype():
@@ -145,24 +215,30 @@ class MLXBackend:
 
     # -- compute -------------------------------------------------------------------------
 
-    def forward(self, tokens: Sequence[int], cache: MLXCache, all_logits: bool = False) -> MLXLogits:
+    # Decode runs one step ahead where the engine's sampling can stay on the device
+    # (plain greedy): `forward` returns once the step is queued (mx.async_eval) and takes
+    # a token still on the device (`MLXLogits.argmax_pending`), so the engine builds and
+    # queues the next step while this one computes, as mlx-lm's generate loop does.
+    decodes_ahead = True
+
+    def forward(self, tokens: Sequence, cache: MLXCache, all_logits: bool = False) -> MLXLogits:
         tokens = list(tokens)
         if not tokens:
             raise ValueError("forward needs at least one token")
-        if len(cache.tokens) + len(tokens) > self.n_ctx:
-            raise ContextOverflowError(len(cache.tokens) + len(tokens), self.n_ctx, 0)
+        self._check_room([BatchItem(cache, tokens)])
         rows = []
-        start = len(cache.tokens)
+        start = cache.n_tokens
         try:
             for lo in range(0, len(tokens), PREFILL_CHUNK):
                 chunk = tokens[lo : lo + PREFILL_CHUNK]
-                last = lo + len(chunk) == len(tokens)
-                out = self.model(mx.array([chunk], dtype=mx.int32), cache.layers, all_logits=all_logits)
-                rows.append(out[0] if all_logits else out)
-                if not last:
+                (out,) = self._pass([BatchItem(cache, chunk, all_logits)])
+                if lo + len(chunk) < len(tokens):
                     # Evaluate this chunk (its keys and values) before building the next.
-                    mx.eval(rows[-1], *self._state_arrays(cache))
-                cache.tokens.extend(chunk)
+                    mx.eval(out, *self._state_arrays(cache))
+                if all_logits or not rows:
+                    rows.append(out)
+                else:
+                    rows[0] = out  # only the last position's logits are asked for
         except BaseException:
             self._cut_layers(cache, start)
             raise
@@ -170,9 +246,50 @@ class MLXBackend:
         mx.async_eval(logits)
         return MLXLogits(logits)
 
-    def forward_batch(self, items: Sequence[BatchItem]) -> list:
-        # Not yet one batched pass over several caches (left for later): one after another.
-        return forward_each(self, items)
+    def forward_batch(self, items: Sequence[BatchItem]) -> list[MLXLogits]:
+        """One model call over all items' tokens packed along the sequence axis
+        (`layers.PackedLayer`): the projections and MLPs read the weights once for every
+        sequence, attention runs per sequence over its own cache at its own positions.
+        Items past `max_batch_tokens` together go one after another (in chunks)."""
+        self._check_room(items)
+        if len(items) <= 1 or sum(len(item.tokens) for item in items) > self.max_batch_tokens:
+            return [self.forward(item.tokens, item.cache, item.all_logits) for item in items]
+        starts = [item.cache.n_tokens for item in items]
+        try:
+            rows = self._pass(items)
+        except BaseException:
+            for item, start in zip(items, starts):
+                self._cut_layers(item.cache, start)
+            raise
+        mx.async_eval(*rows)
+        return [MLXLogits(r) for r in rows]
+
+    def _check_room(self, items: Sequence[BatchItem]) -> None:
+        for item in items:
+            if item.cache.n_tokens + len(item.tokens) > self.n_ctx:
+                raise ContextOverflowError(item.cache.n_tokens + len(item.tokens), self.n_ctx, 0)
+
+    def _pass(self, items: Sequence[BatchItem]) -> list[mx.array]:
+        """One model call feeding every item's tokens to its cache; each item's logits
+        rows [n, vocab] (its last position, or every fed position with all_logits)."""
+        lengths = [len(item.tokens) for item in items]
+        ids = token_array([t for item in items for t in item.tokens])[None]  # [1, T]
+        if len(items) == 1:
+            out = self.model(ids, items[0].cache.layers, all_logits=items[0].all_logits)
+            rows = [out[0] if items[0].all_logits else out]
+        else:
+            n_layers = len(items[0].cache.layers)
+            layers = [PackedLayer([item.cache.layers[j] for item in items], lengths) for j in range(n_layers)]
+            picks, ends, lo = [], [], 0
+            for item, n in zip(items, lengths):
+                picks.extend(range(lo, lo + n) if item.all_logits else [lo + n - 1])
+                ends.append(len(picks))
+                lo += n
+            out = self.model(ids, layers, rows=mx.array(picks, dtype=mx.int32))[0]  # [R, vocab]
+            rows = [out[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        for item in items:
+            item.cache.append_fed(item.tokens)
+        return rows
 
     def _state_arrays(self, cache: MLXCache) -> list[mx.array]:
         return [a for layer in cache.layers for a in layer.state().values()]

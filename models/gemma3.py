@@ -22,7 +22,7 @@ import mlx.core as mx
 
 from localllm.models import llama
 from localllm.models.cache import STEP, LayerCache, SlidingKVCache
-from localllm.models.layers import Rope, attend, geglu, linear, rms_norm, split_heads
+from localllm.models.layers import Rope, geglu, linear, rms_norm, rope_attend, split_heads
 from localllm.models.llama import ModelArgs, make_layer_cache
 
 DEFAULT_PATTERN = 6
@@ -95,9 +95,7 @@ class Attention:
         q = rms_norm(split_heads(linear(x, self.q), a.n_heads, a.head_dim), self.q_norm, a.norm_eps)
         k = rms_norm(split_heads(linear(x, self.k), a.n_kv_heads, a.head_dim), self.k_norm, a.norm_eps)
         v = split_heads(linear(x, self.v), a.n_kv_heads, a.head_dim)  # [B, Hkv, L, D]
-        offset = cache.offset
-        q, k = self.rope(q, offset), self.rope(k, offset)
-        return self.o(attend(q, k, v, cache, a.query_scale, self.window))
+        return self.o(rope_attend(q, k, v, cache, self.rope, a.query_scale, self.window))
 
 
 class Block:

@@ -84,6 +84,34 @@ def _mask(q_len: int, q_start: int, k_start: int, k_len: int, window: int | None
     return allowed
 
 
+class PackedLayer:
+    """One layer's caches for several sequences packed along the token axis of one
+    forward pass (`MLXBackend.forward_batch`): sequence i owns `lengths[i]` consecutive
+    tokens and `caches[i]`. Projections and MLPs run once over the packed tokens (the
+    weights are read once for all sequences); rope and attention run per sequence, at its
+    own positions over its own cache, so no padding or cross-sequence mask is needed."""
+
+    __slots__ = ("caches", "lengths")
+
+    def __init__(self, caches: list, lengths: list[int]):
+        self.caches, self.lengths = caches, lengths
+
+
+def rope_attend(q: mx.array, k: mx.array, v: mx.array, cache, rope: Rope, scale: float,
+                window: int | None = None) -> mx.array:
+    """Rotate q, k [B, H, L, D] at the cache's positions, then `attend`; `cache` is one
+    layer cache or a `PackedLayer` (each sequence's slice rotated and attended alone)."""
+    if isinstance(cache, PackedLayer):
+        outs, lo = [], 0
+        for c, n in zip(cache.caches, cache.lengths):
+            part = slice(lo, lo + n)
+            outs.append(rope_attend(q[:, :, part], k[:, :, part], v[:, :, part], c, rope, scale, window))
+            lo += n
+        return mx.concatenate(outs, axis=1)
+    q, k = rope(q, cache.offset), rope(k, cache.offset)
+    return attend(q, k, v, cache, scale, window)
+
+
 def attend(q: mx.array, k: mx.array, v: mx.array, cache: LayerCache, scale: float, window: int | None = None) -> mx.array:
     """Store k, v [B, Hkv, L, D] in `cache` and attend q [B, Hq, L, D] over everything
     it holds; returns [B, L, Hq*D]."""

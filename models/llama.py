@@ -16,7 +16,7 @@ import mlx.core as mx
 
 from localllm.errors import ModelFileError
 from localllm.models.cache import KVCache, LayerCache, QuantizedKVCache
-from localllm.models.layers import Rope, attend, linear, llama3_rope_factors, rms_norm, rope_periods, split_heads, swiglu
+from localllm.models.layers import Rope, linear, llama3_rope_factors, rms_norm, rope_attend, rope_periods, split_heads, swiglu
 
 
 @dataclass
@@ -145,9 +145,7 @@ class Attention:
         v = split_heads(linear(x, self.v, self.bias[2]), a.n_kv_heads, a.head_dim)
         if self.q_norm is not None:
             q, k = rms_norm(q, self.q_norm, a.norm_eps), rms_norm(k, self.k_norm, a.norm_eps)
-        offset = cache.offset
-        q, k = self.rope(q, offset), self.rope(k, offset)
-        return self.o(attend(q, k, v, cache, self.scale))
+        return self.o(rope_attend(q, k, v, cache, self.rope, self.scale))
 
 
 class Block:
@@ -177,12 +175,16 @@ class Model:
     def embed_tokens(self, tokens: mx.array) -> mx.array:
         return self.embed.rows(tokens, self.dtype)
 
-    def __call__(self, tokens: mx.array, caches: list[LayerCache], all_logits: bool = False) -> mx.array:
-        """tokens [B, L] -> logits [B, L, vocab] (all_logits) or [B, vocab] (last)."""
+    def __call__(self, tokens: mx.array, caches: list, all_logits: bool = False, rows: mx.array | None = None) -> mx.array:
+        """tokens [B, L] -> logits [B, L, vocab] (all_logits) or [B, vocab] (last), or
+        [B, R, vocab] for the positions `rows` [R]. `caches`: one per layer, each a layer
+        cache or a `PackedLayer` (several sequences packed along L)."""
         h = self.embed_tokens(tokens)
         for layer, cache in zip(self.layers, caches):
             h = layer(h, cache)
-        if not all_logits:
+        if rows is not None:
+            h = h[:, rows]
+        elif not all_logits:
             h = h[:, -1]
         return self.output(rms_norm(h, self.norm, self.args.norm_eps))
 

@@ -40,6 +40,16 @@ most once. A backend that cannot batch runs the items one after another
 one `llama_decode`, which is what makes several requests decode for about the price of
 one on a memory-bound CPU. The engine keeps a batch within `max_batch_tokens`.
 
+Decoding ahead. A backend whose `decodes_ahead` is True queues work and returns from
+`forward`/`forward_batch` before it is computed, and its logits offer
+`argmax_pending(row)`: the row's argmax picked on the device as a `PendingToken`, which
+it accepts in place of a decode token (`forward((pending,), cache)`, a `BatchItem` of
+one) before anyone has read its value. So the engine can queue step n+1 of greedy
+decoding before it reads token n (mlx-lm's generate loop), overlapping its host work
+(detokenizing, stops, streaming, building the next step) with the compute. `cache.tokens`
+then holds the token's value as soon as it is read. Backends that compute synchronously
+(llama.cpp, numpy) say False and are never handed a pending token.
+
 Trimming. `trim(cache, n)` keeps the first n tokens. n >= len(cache.tokens) does nothing;
 n == 0 always works (it empties the cache). Other n work only when
 `cache_capability(cache)` allows them: a full-attention cache can be cut anywhere; a
@@ -142,6 +152,13 @@ class Logits(Protocol):
         one on ties, as `np.argmax`). Device backends compute it on the device."""
 
 
+class PendingToken(Protocol):
+    """A token chosen on the device, perhaps not computed yet (see "Decoding ahead")."""
+
+    def item(self) -> int:
+        """Wait until the token is computed and return its id."""
+
+
 class Cache(Protocol):
     """Keys and values for `tokens`, in order; owned by the backend that made it."""
 
@@ -172,6 +189,8 @@ class Backend(Protocol):
         would hold more than `n_ctx` tokens."""
 
     max_batch_tokens: int  # most tokens one forward_batch takes in one pass
+    # forward returns before computing and takes `Logits.argmax_pending` tokens (module docstring)
+    decodes_ahead: bool
 
     def forward_batch(self, items: Sequence[BatchItem]) -> list[Logits]:
         """`forward` for several caches at once (see the module docstring). Raises

@@ -12,6 +12,14 @@ A request that asks for its own token producer (speculative decoding) runs throu
 `generate` instead, one chunk per step beside the batch (its drafts are not batched
 with the others yet).
 
+Plain greedy requests on a backend that decodes ahead (MLX) run one step ahead, as
+mlx-lm's generate loop: the step that feeds a request's token picked on the device is
+queued before the host reads that token, so the host's work (sampling bookkeeping,
+stops, streaming, building the next pass) overlaps the device's. The consumer takes
+each token one pass later; a request ending with the token it was fed ahead gets it cut
+from its cache again, so every cache ends as synchronous decoding leaves it. Sampling on
+the host (penalties, bias, constraints, logprobs, seeded draws) stays synchronous.
+
 Each request keeps its own cache (lent by the KV-cache manager, which shares prefixes
 across them), sampler and `TokenConsumer` (stops, limits, stats). `--parallel N` bounds
 the running requests (`RequestScheduler.parallel`); the engine queues the rest. A
@@ -24,7 +32,7 @@ import dataclasses
 import time
 from typing import Callable, Iterator
 
-from localllm.backend.protocol import Backend, BatchItem, Cache
+from localllm.backend.protocol import Backend, BatchItem, Cache, PendingToken
 from localllm.engine.consumer import TokenConsumer
 from localllm.engine.generate import TokenProducer, generate, make_sampler
 from localllm.engine.sampling import Sampler
@@ -49,7 +57,13 @@ class Running:
     sampler: Sampler | None = None
     consumer: TokenConsumer | None = None
     history: list[int] = dataclasses.field(default_factory=list)
-    next_token: int | None = None  # sampled, not yet fed
+    next_token: int | PendingToken | None = None  # picked, not yet fed
+    # Plain greedy on a backend that decodes ahead: the next token stays on the device
+    # (`next_token` a PendingToken) and is fed before it is read (see `step`).
+    ahead: bool = False
+    # Whether the cache holds the last token the consumer took (fed ahead): one more
+    # than synchronous decoding leaves, cut off when the request ends.
+    holds_last: bool = False
     # A request with its own token producer (speculative decoding) runs through
     # `generate`, advanced one chunk per step beside the batch.
     stream: Iterator[GenerationChunk] | None = None
@@ -127,6 +141,11 @@ class RequestScheduler:
             self._advance_stream(r)
         if not any(r.stream is None for r in self.running):
             return
+        for r in [r for r in self.running if r.decoding and r.stream is None and r.ahead]:
+            if not self._room_ahead(r):  # its next token is its last: read it, feed nothing
+                token = r.next_token.item()
+                if self._take(r, token, None, fed=False):
+                    r.next_token = token
         items: list[BatchItem] = []
         fed: list[tuple[Running, bool]] = []  # (request, whether this item ends its prompt)
         for r in self.running:
@@ -143,6 +162,8 @@ class RequestScheduler:
                 room -= len(take)
                 items.append(BatchItem(r.cache, take))
                 fed.append((r, not r.pending))
+        if not items:
+            return
         try:
             logits = self.backend.forward_batch(items)
         except BaseException as e:
@@ -158,15 +179,38 @@ class RequestScheduler:
                 if r.consumer.finish is not None:  # max_tokens 0: the prompt is cached, nothing more
                     self._end(r, r.consumer.end())
                     continue
+                if r.ahead:  # read at the next step, once the pass that feeds it is queued
+                    r.next_token = rows.argmax_pending(-1)
+                    continue
+            elif r.ahead:
+                # This pass fed the token picked on the device last step; read it only now,
+                # with this pass queued, and pick the next one on the device.
+                if self._take(r, r.next_token.item(), None, fed=True):
+                    r.next_token = rows.argmax_pending(-1)
+                continue
             token = r.sampler.sample_row(rows, -1, r.history)
-            r.history.append(token)
-            chunk = r.consumer.feed(token, False, r.sampler.last_logprob)
-            if chunk is not None:
-                r.handle._chunks.put(chunk)
-            if r.consumer.finish is not None:
-                self._end(r, r.consumer.end())
-            else:
+            if self._take(r, token, r.sampler.last_logprob, fed=False):
                 r.next_token = token
+
+    def _room_ahead(self, r: Running) -> bool:
+        """Whether `r` may want a token after its next one, with room in the context to
+        feed the next one ahead (so nothing is computed past where it stops)."""
+        return r.consumer.remaining > 1 and len(r.cache.tokens) < self.backend.n_ctx
+
+    def _take(self, r: Running, token: int, logprob, fed: bool) -> bool:
+        """Hand `r`'s next token to its consumer (`fed`: the cache already holds it);
+        False when that ended the request."""
+        r.history.append(token)
+        r.holds_last = fed
+        chunk = r.consumer.feed(token, False, logprob)
+        if chunk is not None:
+            r.handle._chunks.put(chunk)
+        if r.consumer.finish is not None:
+            self._end(r, r.consumer.end())
+            return False
+        if not fed:
+            r.ahead = False  # from here on this request decodes synchronously
+        return True
 
     def _advance_stream(self, r: Running) -> None:
         """One chunk of a request that runs through `generate` with its own producer."""
@@ -191,11 +235,20 @@ class RequestScheduler:
         r.consumer = TokenConsumer(self.backend.vocabulary, r.request, self.backend.n_ctx, r.stats, r.t_start)
         if r.request.max_tokens == 0:
             r.consumer.finish = "length"
+        r.ahead = r.sampler.plain_greedy and self.backend.decodes_ahead and self._room_ahead(r)
 
     def _end(self, r: Running, last: GenerationChunk | None) -> None:
         """Finish `r`: its cache back to the manager (its sequence is free for the next
         request), then its last chunk."""
         self.running.remove(r)
+        try:
+            if r.holds_last:  # fed ahead: leave the cache as synchronous decoding would
+                r.holds_last = False
+                self.backend.trim(r.cache, len(r.cache.tokens) - 1)
+        finally:
+            self._release(r, last)
+
+    def _release(self, r: Running, last: GenerationChunk | None) -> None:
         try:
             if r.lease is not None:
                 self.caches.release(r.lease)

@@ -74,6 +74,11 @@ class TokenConsumer:
             self.finish = "length"
         return GenerationChunk(text, token, from_draft=from_draft, logprob=logprob)
 
+    @property
+    def remaining(self) -> int:
+        """Tokens the request may still take at most (max tokens, the context)."""
+        return self.most - self.stats.generated_tokens
+
     def end(self, reason: str | None = None) -> GenerationChunk:
         """The last chunk: what the detokenizer and stop matcher still hold, and the stats."""
         if reason is not None and self.finish is None:

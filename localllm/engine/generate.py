@@ -50,13 +50,49 @@ class TokenProducer(Protocol):
 
 def plain_decoding(backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,
                    history: list[int], stats: GenerationStats) -> Iterator[ProducedToken]:
-    """One token per forward pass."""
+    """One token per forward pass; one step ahead (`greedy_ahead`) where the token is a
+    plain argmax and the backend decodes ahead."""
+    if sampler.plain_greedy and backend.decodes_ahead:
+        yield from greedy_ahead(backend, cache, logits, history)
+        return
     sample, forward = sampler.sample_row, backend.forward
     while True:
         token = sample(logits, -1, history)
         history.append(token)
         yield ProducedToken(token, False, sampler.last_logprob)
         logits = forward((token,), cache)
+
+
+def greedy_ahead(backend: Backend, cache: Cache, logits: Logits, history: list[int]) -> Iterator[ProducedToken]:
+    """Plain greedy decoding pipelined as mlx-lm's generate loop: the next token is picked
+    on the device and fed to the next forward pass before the host reads it, so the host's
+    work on token n (the consumer's detokenizing, stops, streaming, and building step
+    n+1) overlaps the device computing step n+1. Same tokens as `plain_decoding` (the same
+    device argmax over the same logits). Only where nothing on the host adjusts the
+    logits (penalties, bias, constraints, logprobs and seeded draws stay synchronous).
+
+    The cache ends as `plain_decoding` leaves it: the last yielded token, already fed
+    ahead, is cut off in the `finally` when the consumer stops. Nothing is fed ahead past
+    the context; a consumer that asks for a token beyond it gets `forward`'s
+    `ContextOverflowError`, as with plain decoding."""
+    pending = logits.argmax_pending(-1)
+    fed_ahead = False  # whether the cache holds the last yielded token
+    try:
+        while True:
+            logits = None
+            if len(cache.tokens) < backend.n_ctx:
+                logits = backend.forward((pending,), cache)
+                fed_ahead = True
+            token = pending.item()
+            history.append(token)
+            yield ProducedToken(token)
+            if logits is None:
+                logits = backend.forward((token,), cache)
+            fed_ahead = False  # asked for more: the token belongs in the cache now
+            pending = logits.argmax_pending(-1)
+    finally:
+        if fed_ahead:
+            backend.trim(cache, len(cache.tokens) - 1)
 
 
 # Prefill runs in steps of this many tokens at most, so a request cancelled during a long

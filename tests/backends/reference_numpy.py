@@ -45,6 +45,7 @@ class NumpyCache:
 
 class NumpyReferenceBackend:
     name = "numpy"
+    decodes_ahead = False
 
     def __init__(self, path: str | Path, vocabulary: Tokenizer, ctx_size: int = 2048):
         self.info = inspect_gguf(str(path))

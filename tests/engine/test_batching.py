@@ -1,5 +1,5 @@
-"""Continuous batching on the real llama.cpp backend (engine/batching.py): requests that
-run together give the text each gives alone, a cancelled one frees its sequence while the
+"""Continuous batching on the real llama.cpp and MLX backends (engine/batching.py; MLX
+also decodes one step ahead there): requests that run together give the text each gives alone, a cancelled one frees its sequence while the
 others go on, and a long prompt arriving mid-stream is fed in chunks between the others'
 tokens. What ran together is read from the forward passes themselves (a recording
 wrapper around the real backend), never from timing."""
@@ -45,17 +45,33 @@ class RecordingBackend:
         return getattr(self._backend, name)
 
 
-def _load(path: Path, parallel: int, flash_attn: str = "on"):
+def _load(path: Path, parallel: int, flash_attn: str = "on", backend: str = "llamacpp"):
     settings = Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=2048, threads=1,
-                        flash_attn=flash_attn, parallel=parallel)
+                        flash_attn=flash_attn, parallel=parallel, backend=backend)
     return load_backend(str(path), settings)
 
 
-@pytest.fixture(scope="module")
-def stories_engines(stories_path):
+def _available(name: str) -> str:
+    from localllm.backend.select import BACKENDS
+
+    reason = BACKENDS[name].unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return name
+
+
+# The tests below that hold for any backend run on each (flash_attn only matters to llama.cpp).
+@pytest.fixture(params=["llamacpp", "mlx"])
+def backend_name(request) -> str:
+    return _available(request.param)
+
+
+@pytest.fixture(scope="module", params=["llamacpp", "mlx"])
+def stories_engines(request, stories_path):
     """One engine serving one request at a time, one decoding up to 4 together."""
-    one = Engine(_load(stories_path, 1), parallel=1)
-    backend = RecordingBackend(_load(stories_path, 4))
+    name = _available(request.param)
+    one = Engine(_load(stories_path, 1, backend=name), parallel=1)
+    backend = RecordingBackend(_load(stories_path, 4, backend=name))
     four = Engine(backend, KVCacheManager(backend), parallel=4)
     yield one, four
     one.close()
@@ -97,8 +113,8 @@ def test_concurrent_greedy_text_on_the_real_chat_model(smollm_path):
         assert [h.text() for h in handles] == alone
 
 
-def test_a_cancelled_request_frees_its_sequence_while_the_others_continue(stories_path):
-    backend = RecordingBackend(_load(stories_path, 2))
+def test_a_cancelled_request_frees_its_sequence_while_the_others_continue(stories_path, backend_name):
+    backend = RecordingBackend(_load(stories_path, 2, backend=backend_name))
     with Engine(backend, KVCacheManager(backend), parallel=2) as engine:
         vocab = backend.vocabulary
         long = engine.submit(_request(vocab, PROMPTS[0], max_tokens=300, ignore_eos=True))
@@ -117,14 +133,14 @@ def test_a_cancelled_request_frees_its_sequence_while_the_others_continue(storie
         shared = [p for p in backend.passes if len(p) == 2 and any(c is long_cache for c, _ in p)]
         assert shared, "the third request never decoded beside the long one"
         assert engine.call(lambda b: len(engine.scheduler.running)) == 0
-    with Engine(_load(stories_path, 1), parallel=1) as alone:
+    with Engine(_load(stories_path, 1, backend=backend_name), parallel=1) as alone:
         vocab = alone.backend.vocabulary
         assert alone.submit(_request(vocab, PROMPTS[0], max_tokens=300, ignore_eos=True)).text() == long_text
         assert alone.submit(_request(vocab, PROMPTS[2], max_tokens=8)).text() == third_text
 
 
-def test_a_long_prompt_arriving_mid_stream_is_fed_one_chunk_per_step(stories_path):
-    backend = RecordingBackend(_load(stories_path, 2))
+def test_a_long_prompt_arriving_mid_stream_is_fed_one_chunk_per_step(stories_path, backend_name):
+    backend = RecordingBackend(_load(stories_path, 2, backend=backend_name))
     with Engine(backend, KVCacheManager(backend), parallel=2) as engine:
         vocab = backend.vocabulary
         streaming = engine.submit(_request(vocab, PROMPTS[0], max_tokens=1500, ignore_eos=True))
@@ -148,11 +164,11 @@ def test_a_long_prompt_arriving_mid_stream_is_fed_one_chunk_per_step(stories_pat
             assert sum(1 for _, t in backend.fed[i] if len(t) == 1) == 1
 
 
-def test_a_prompt_prefix_held_by_a_running_request_is_shared_not_prefilled(stories_path):
+def test_a_prompt_prefix_held_by_a_running_request_is_shared_not_prefilled(stories_path, backend_name):
     """While one request holds the working cache, another whose prompt starts the same way
     gets a cache of its own holding that prefix (copied from the running one), exactly
     (flash attention off: its f16 scores would round a split prefill differently)."""
-    backend = _load(stories_path, 2, "off")
+    backend = _load(stories_path, 2, "off", backend_name)
     manager = KVCacheManager(backend)
     try:
         vocab = backend.vocabulary
@@ -183,7 +199,7 @@ def test_a_prompt_prefix_held_by_a_running_request_is_shared_not_prefilled(stori
         backend.close()
 
 
-def test_a_request_with_its_own_producer_runs_beside_the_batch(stories_path):
+def test_a_request_with_its_own_producer_runs_beside_the_batch(stories_path, backend_name):
     """A request whose producer is not plain decoding (speculative decoding) goes through
     `generate` one chunk per step while plain requests decode in the batch; each keeps
     its own text and draft flags."""
@@ -191,7 +207,7 @@ def test_a_request_with_its_own_producer_runs_beside_the_batch(stories_path):
 
     script = [(vocab_id, i % 2 == 1) for i, vocab_id in enumerate([300, 301, 302, 303, 304, 305])]
     closed: list[bool] = []
-    backend = _load(stories_path, 2)
+    backend = _load(stories_path, 2, backend=backend_name)
     producer = replaying(script, closed)
     with Engine(backend, KVCacheManager(backend), parallel=2,
                 producer_for=lambda r: producer if r.max_tokens == 6 else None) as engine:
@@ -202,5 +218,5 @@ def test_a_request_with_its_own_producer_runs_beside_the_batch(stories_path):
         plain_text = plain.text()
     assert [(c.token, c.from_draft) for c in chunks] == script
     assert drafted.finish_reason == "length" and closed == [True]
-    with Engine(_load(stories_path, 1), parallel=1) as alone:
+    with Engine(_load(stories_path, 1, backend=backend_name), parallel=1) as alone:
         assert alone.submit(_request(alone.backend.vocabulary, PROMPTS[0], max_tokens=40)).text() == plain_text
