@@ -6,6 +6,11 @@ Prints aggregate generated tokens/s (all tokens / wall time from the first submi
 last token) and the ratio. Also checks that both give the same texts.
 
     python benchmarks/bench_batching.py [--repeats 3] [--threads 2] [--tokens 64] [--skip-1b]
+                                        [--backend llamacpp|mlx] [--draft auto|none]
+
+`--backend mlx` runs MLX's packed forward_batch (on Linux: the CPU, float32; the 1.1B
+model decodes at well under 1 token/s there, so add --skip-1b); `--draft none` keeps the
+one-at-a-time engine from drafting, so the two sides differ only in batching.
 """
 
 from __future__ import annotations
@@ -23,15 +28,15 @@ from synthetic_model import benchmark_models  # noqa: E402
 from localllm.backend.select import load_backend  # noqa: E402
 from localllm.config import Settings  # noqa: E402
 from localllm.engine import Engine  # noqa: E402
-from localllm.types import GenerationRequest, SamplingParams  # noqa: E402
+from localllm.types import DraftParams, GenerationRequest, SamplingParams  # noqa: E402
 
 PROMPTS = ["Once upon a time", "The little dog ran", "Tom and Sue went to the park", "One day, a bird"]
 
 
-def run(engine: Engine, tokens: int, run_id: int) -> tuple[float, list[str]]:
+def run(engine: Engine, tokens: int, run_id: int, draft: str = "auto") -> tuple[float, list[str]]:
     vocab = engine.backend.vocabulary
-    requests = [GenerationRequest(tuple(vocab.encode(f"{run_id}. {p}")), SamplingParams(temperature=0), max_tokens=tokens,
-                                  ignore_eos=True) for p in PROMPTS]
+    requests = [GenerationRequest(tuple(vocab.encode(f"{run_id}. {p}")), SamplingParams(temperature=0),
+                                  max_tokens=tokens, ignore_eos=True, draft=DraftParams(draft)) for p in PROMPTS]
     t0 = time.perf_counter()
     handles = [engine.submit(r) for r in requests]
     texts = [h.text() for h in handles]
@@ -45,9 +50,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--skip-1b", action="store_true")
+    ap.add_argument("--backend", default="llamacpp", choices=["llamacpp", "mlx"])
+    ap.add_argument("--draft", default="auto", choices=["auto", "none"])
     args = ap.parse_args()
     models = benchmark_models(not args.skip_1b)
-    print(f"threads {args.threads}, 4 requests x {args.tokens} tokens, {args.repeats} interleaved runs (medians), "
+    print(f"backend {args.backend}, draft {args.draft}, threads {args.threads},"
+          f" 4 requests x {args.tokens} tokens, {args.repeats} interleaved runs (medians), "
           f"load average {os.getloadavg()[0]:.1f}\n")
     columns = ["model", "in turn (parallel 1) tok/s", "batched (parallel 4) tok/s", "batched / in turn", "same text"]
     print("| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
@@ -55,16 +63,16 @@ def main() -> None:
         engines = {}
         for p in (1, 4):
             settings = Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=1024,
-                                threads=args.threads, flash_attn="off", parallel=p)
+                                threads=args.threads, flash_attn="off", parallel=p, backend=args.backend)
             engines[p] = Engine(load_backend(str(path), settings), parallel=p)
         rates = {1: [], 4: []}
         same = True
         try:
-            run(engines[1], 4, -1), run(engines[4], 4, -1)  # warm up
+            run(engines[1], 4, -1, args.draft), run(engines[4], 4, -1, args.draft)  # warm up
             for i in range(args.repeats):
                 texts = {}
                 for p in ((1, 4) if i % 2 == 0 else (4, 1)):
-                    rate, texts[p] = run(engines[p], args.tokens, i)
+                    rate, texts[p] = run(engines[p], args.tokens, i, args.draft)
                     rates[p].append(rate)
                 same &= texts[1] == texts[4]
         finally:

@@ -175,7 +175,8 @@ class Model:
     def embed_tokens(self, tokens: mx.array) -> mx.array:
         return self.embed.rows(tokens, self.dtype)
 
-    def __call__(self, tokens: mx.array, caches: list, all_logits: bool = False, rows: mx.array | None = None) -> mx.array:
+    def __call__(self, tokens: mx.array, caches: list, all_logits: bool = False,
+                 rows: mx.array | None = None) -> mx.array:
         """tokens [B, L] -> logits [B, L, vocab] (all_logits) or [B, vocab] (last), or
         [B, R, vocab] for the positions `rows` [R]. `caches`: one per layer, each a layer
         cache or a `PackedLayer` (several sequences packed along L)."""

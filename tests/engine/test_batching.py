@@ -1,7 +1,7 @@
 """Continuous batching on the real llama.cpp and MLX backends (engine/batching.py; MLX
-also decodes one step ahead there): requests that run together give the text each gives alone, a cancelled one frees its sequence while the
-others go on, and a long prompt arriving mid-stream is fed in chunks between the others'
-tokens. What ran together is read from the forward passes themselves (a recording
+also decodes one step ahead there): requests that run together give the text each gives
+alone, a cancelled one frees its sequence while the others go on, and a long prompt
+arriving mid-stream is fed in chunks between the others' tokens. What ran together is read from the forward passes themselves (a recording
 wrapper around the real backend), never from timing."""
 
 from __future__ import annotations

@@ -251,7 +251,8 @@ def test_forward_batch_mixes_prefill_chunks_all_logits_and_decode(stories):
     vocab = stories.vocabulary
     a, b, c = (vocab.encode(t) for t in ("Once upon a time", "The cat sat on the mat", "Lily and Tom"))
     want = []
-    for prompt, more, all_logits in ((a, [7], False), (b, vocab.encode(" and it", add_bos=False), True), (c, [], False)):
+    more_b = vocab.encode(" and it", add_bos=False)
+    for prompt, more, all_logits in ((a, [7], False), (b, more_b, True), (c, [], False)):
         cache = stories.new_cache()
         if more:
             stories.forward(prompt, cache)
@@ -262,7 +263,6 @@ def test_forward_batch_mixes_prefill_chunks_all_logits_and_decode(stories):
     ca, cb, cc = (stories.new_cache() for _ in range(3))
     stories.forward(a, ca)
     stories.forward(b, cb)
-    more_b = vocab.encode(" and it", add_bos=False)
     got = stories.forward_batch([BatchItem(ca, [7]), BatchItem(cb, more_b, True), BatchItem(cc, c)])
     assert [g.n_rows for g in got] == [1, len(more_b), 1]
     for g, w in zip(got, want):
