@@ -27,6 +27,7 @@ import numpy as np
 
 from . import llama_log
 from .attention_calibration import choose_flash_attn
+from .thread_policy import FreeCoreThreads
 from .vocab import LlamaCppVocabulary
 from localllm.backend.protocol import (BatchItem, CacheCapability, HostLogits, MemoryReport, forward_each,
                                        window_min_tokens)
@@ -90,6 +91,7 @@ class LlamaCppBackend:
         *,
         ctx_size: int = 4096,
         threads: int = 1,
+        adapt_threads: bool = False,
         kv_type: str = "f16",
         kv_pool: int = 1,
         n_batch: int = 512,
@@ -150,6 +152,10 @@ class LlamaCppBackend:
             hint = "use --kv-type f16" if "cache type" in detail else "try a smaller --ctx-size"
             raise ModelFileError(f"{info.path}: cannot create a context of {ctx_size} tokens ({detail}): {hint}")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
+        # --threads left to us: follow the cores other processes leave free (thread_policy).
+        self.threads = threads
+        self._free_cores = FreeCoreThreads(threads) if adapt_threads else None
+        self._verbose = verbose
 
         # llama.cpp pads the context (and caps the batch to it); the limit is what was asked.
         self.kv_cells = llama_cpp.llama_n_ctx(self._ctx)
@@ -249,7 +255,17 @@ class LlamaCppBackend:
 
     # -- compute -----------------------------------------------------------------------
 
+    def _follow_free_cores(self) -> None:
+        threads = self._free_cores.poll() if self._free_cores is not None else None
+        if threads is not None:
+            llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+            self.threads = threads
+            if self._verbose:
+                print(f"localllm: {threads} thread{'s' if threads > 1 else ''} "
+                      f"(other processes leave {threads} of {self._free_cores.max_threads} cores free)", file=sys.stderr)
+
     def forward(self, tokens: Sequence[int], cache: LlamaCppCache, all_logits: bool = False) -> HostLogits:
+        self._follow_free_cores()
         n_total = len(tokens)
         start = len(cache.tokens)
         if start + n_total > self.n_ctx:
@@ -280,6 +296,7 @@ class LlamaCppBackend:
     def forward_batch(self, items: Sequence[BatchItem]) -> list[HostLogits]:
         """All items in one llama_decode (each cache is one sequence id of the shared KV
         buffer); the logits rows stay in llama.cpp's output buffer, one view per item."""
+        self._follow_free_cores()
         total = sum(len(item.tokens) for item in items)
         if total > self.n_batch or len(items) == 1:
             return forward_each(self, items) if len(items) > 1 else [self.forward(items[0].tokens, items[0].cache, items[0].all_logits)]

@@ -99,6 +99,7 @@ class LlamaCppLoader:
             ctx_size=settings.ctx_size,
             kv_pool=settings.resolved_parallel,
             threads=settings.resolved_threads,
+            adapt_threads=settings.threads == 0,
             kv_type=settings.kv_type,
             flash_attn=settings.flash_attn,
             gpu_layers=settings.gpu_layers,

@@ -29,7 +29,7 @@ def add_runtime_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime")
     g.add_argument("--backend", choices=("auto", "llamacpp", "mlx"), help="compute backend (default: auto)")
     g.add_argument("--ctx-size", type=int, metavar="N", help="context window in tokens (default: 4096, at most the model's training context; a larger N is honoured with a warning)")
-    g.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: the physical cores other processes leave free)")
     g.add_argument("--kv-type", choices=("f16", "q8_0"), help="KV cache precision (default: f16)")
     g.add_argument("--gpu-layers", type=int, metavar="N", help="llama.cpp: layers to offload to the GPU (Metal on Apple Silicon): -1 all (default), 0 CPU only; a CPU-only build ignores it")
     g.add_argument("--flash-attn", choices=("auto", "on", "off"),
