@@ -1,16 +1,22 @@
 """Continuous batching: every running request advances in one forward pass per step.
 
 The engine thread calls `step()` while requests are running. One step builds one
-`forward_batch`: one token for each request that is decoding, and then a chunk of at most
-`prefill_chunk` prompt tokens for requests still prefilling (oldest first), within the
-backend's `max_batch_tokens`. So a long prompt that arrives while others stream costs
-them one chunk's worth of delay per token, never the whole prompt; and several streams
-decode for about the price of one, as decoding a small batch on a CPU reads the weights
-once (memory-bound).
+`forward_batch`: one token for each request that is decoding (or, for a request with a
+`SteppedProducer` such as speculative decoding, its pending token and the drafts its
+policy chose, with every position's logits), and then a chunk of prompt tokens for
+requests still prefilling (oldest first), within the backend's `max_batch_tokens`: at
+most `prefill_chunk` while others decode, so a long prompt that arrives while others
+stream costs them one chunk's worth of delay per token, never the whole prompt; a full
+batch when nothing decodes. Several streams decode for about the price of one, as
+decoding a small batch on a CPU reads the weights once (memory-bound).
 
-A request that asks for its own token producer (speculative decoding) runs through
-`generate` instead, one chunk per step beside the batch (its drafts are not batched
-with the others yet).
+A step runs in three phases so that no logits view is overwritten before it is read:
+choose every request's tokens from the pass's logits (sampling only), then commit
+(speculative verification cuts rejected drafts off its cache, exactly as alone), then
+hand the tokens to each request's consumer and end the requests that are done.
+
+A request whose producer is some other `TokenProducer` runs through `generate`, one
+chunk per step beside the batch.
 
 Plain greedy requests on a backend that decodes ahead (MLX) run one step ahead, as
 mlx-lm's generate loop: the step that feeds a request's token picked on the device is
@@ -34,7 +40,7 @@ from typing import Callable, Iterator
 
 from localllm.backend.protocol import Backend, BatchItem, Cache, PendingToken
 from localllm.engine.consumer import TokenConsumer
-from localllm.engine.generate import TokenProducer, generate, make_sampler
+from localllm.engine.generate import ProducedToken, ProducerSteps, SteppedProducer, TokenProducer, generate, make_sampler
 from localllm.engine.sampling import Sampler
 from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
 
@@ -64,8 +70,14 @@ class Running:
     # Whether the cache holds the last token the consumer took (fed ahead): one more
     # than synchronous decoding leaves, cut off when the request ends.
     holds_last: bool = False
-    # A request with its own token producer (speculative decoding) runs through
-    # `generate`, advanced one chunk per step beside the batch.
+    # A request with a stepped producer (speculative decoding): the producer, and its
+    # steps once the prompt is in (None after that: plain decoding, the cache cannot be cut).
+    stepped: SteppedProducer | None = None
+    steps: ProducerSteps | None = None
+    produced: list[ProducedToken] | None = None  # chosen this step, not yet handed out
+    fed_produced: bool = False  # whether the cache already holds `produced` (fed ahead)
+    # A request with some other token producer runs through `generate`, advanced one
+    # chunk per step beside the batch.
     stream: Iterator[GenerationChunk] | None = None
 
     @property
@@ -125,7 +137,9 @@ class RequestScheduler:
         stats.prompt_tokens, stats.cached_tokens = len(prompt), n_cached
         r = Running(handle, request, cache, lease, prompt[n_cached:], stats, time.perf_counter(), history=prompt)
         producer = self.producer_for(request) if self.producer_for is not None else None
-        if producer is not None:
+        if isinstance(producer, SteppedProducer):
+            r.stepped = producer
+        elif producer is not None:
             r.stream = generate(self.backend, cache, request, handle._cancel.is_set, producer)
         self.running.append(r)
 
@@ -139,31 +153,20 @@ class RequestScheduler:
                           GenerationChunk("", None, finish_reason="cancelled", stats=r.stats))
         for r in [r for r in self.running if r.stream is not None]:
             self._advance_stream(r)
-        if not any(r.stream is None for r in self.running):
-            return
         for r in [r for r in self.running if r.decoding and r.stream is None and r.ahead]:
             if not self._room_ahead(r):  # its next token is its last: read it, feed nothing
+                r.ahead = False  # from here on this request decodes synchronously
                 token = r.next_token.item()
-                if self._take(r, token, None, fed=False):
-                    r.next_token = token
-        items: list[BatchItem] = []
-        fed: list[tuple[Running, bool]] = []  # (request, whether this item ends its prompt)
-        for r in self.running:
-            if r.decoding and r.stream is None:
-                items.append(BatchItem(r.cache, (r.next_token,)))
-                fed.append((r, True))
-        room = min(self.prefill_chunk, self.backend.max_batch_tokens - len(items))
-        for r in self.running:
-            if room <= 0:
-                break
-            if not r.decoding and r.stream is None:
-                take = r.pending[:room]
-                del r.pending[:len(take)]
-                room -= len(take)
-                items.append(BatchItem(r.cache, take))
-                fed.append((r, not r.pending))
+                r.history.append(token)
+                r.produced, r.fed_produced = [ProducedToken(token)], False
+                self._hand_out(r)
+        batched = [r for r in self.running if r.stream is None]
+        if not batched:
+            return
+        items, fed, drafting = self._plan(batched)
         if not items:
             return
+        started = time.perf_counter()
         try:
             logits = self.backend.forward_batch(items)
         except BaseException as e:
@@ -171,13 +174,11 @@ class RequestScheduler:
                 r.handle._chunks.put(e)
                 self._end(r, None)
             return
-        for (r, ready), rows in zip(fed, logits):
-            if not ready:
-                continue
+        ready = [(r, rows) for (r, done), rows in zip(fed, logits) if done]
+        for r, rows in ready:  # 1. choose, from this pass's logits (sampling only)
             if not r.decoding:
                 self._start_decoding(r)
                 if r.consumer.finish is not None:  # max_tokens 0: the prompt is cached, nothing more
-                    self._end(r, r.consumer.end())
                     continue
                 if r.ahead:  # read at the next step, once the pass that feeds it is queued
                     r.next_token = rows.argmax_pending(-1)
@@ -185,32 +186,89 @@ class RequestScheduler:
             elif r.ahead:
                 # This pass fed the token picked on the device last step; read it only now,
                 # with this pass queued, and pick the next one on the device.
-                if self._take(r, r.next_token.item(), None, fed=True):
-                    r.next_token = rows.argmax_pending(-1)
+                token = r.next_token.item()
+                r.history.append(token)
+                r.produced, r.fed_produced = [ProducedToken(token)], True
+                r.next_token = rows.argmax_pending(-1)
                 continue
-            token = r.sampler.sample_row(rows, -1, r.history)
-            if self._take(r, token, r.sampler.last_logprob, fed=False):
-                r.next_token = token
+            if r.steps is not None:
+                r.steps.choose(rows)
+            else:
+                token = r.sampler.sample_row(rows, -1, r.history)
+                r.history.append(token)
+                r.produced, r.fed_produced = [ProducedToken(token, False, r.sampler.last_logprob)], False
+        for r, _ in ready:  # 2. commit: rejected drafts cut off
+            if r.steps is not None and r.consumer.finish is None:
+                r.produced, r.fed_produced = r.steps.commit(), False
+        if drafting is not None:
+            drafting.record_pass(sum(len(item.tokens) for item in items), time.perf_counter() - started)
+        for r, _ in ready:  # 3. hand out, end what is done
+            self._hand_out(r)
+
+    def _plan(self, batched: list[Running]):
+        """The items of this step's pass: decoding requests first (with any drafts their
+        policy chose, given what the pass costs and yields for the others), then prompt
+        chunks. Returns (items, [(request, whether its item ends its prompt)], a stepped
+        producer to time the pass for, or None)."""
+        items: list[BatchItem] = []
+        fed: list[tuple[Running, bool]] = []
+        decoding = [r for r in batched if r.decoding]
+        steppers = []
+        for r in decoding:
+            if r.steps is None:
+                items.append(BatchItem(r.cache, (r.next_token,)))
+                fed.append((r, True))
+            else:
+                steppers.append(r)
+        n_tokens = yields = len(decoding)
+        for r in steppers:
+            room = self.backend.max_batch_tokens - n_tokens
+            tokens, expected = r.steps.plan(n_tokens, yields - 1, room)
+            n_tokens += len(tokens) - 1
+            yields += expected - 1
+            items.append(BatchItem(r.cache, tokens, len(tokens) > 1))
+            fed.append((r, True))
+        room = self.backend.max_batch_tokens - n_tokens
+        if decoding:
+            room = min(room, self.prefill_chunk)
+        for r in batched:
+            if room <= 0:
+                break
+            if not r.decoding:
+                take = r.pending[:room]
+                del r.pending[:len(take)]
+                room -= len(take)
+                items.append(BatchItem(r.cache, take))
+                fed.append((r, not r.pending))
+        drafting = next((r.stepped for r in batched if r.stepped is not None), None)
+        return items, fed, drafting
 
     def _room_ahead(self, r: Running) -> bool:
         """Whether `r` may want a token after its next one, with room in the context to
         feed the next one ahead (so nothing is computed past where it stops)."""
         return r.consumer.remaining > 1 and len(r.cache.tokens) < self.backend.n_ctx
 
-    def _take(self, r: Running, token: int, logprob, fed: bool) -> bool:
-        """Hand `r`'s next token to its consumer (`fed`: the cache already holds it);
-        False when that ended the request."""
-        r.history.append(token)
-        r.holds_last = fed
-        chunk = r.consumer.feed(token, False, logprob)
-        if chunk is not None:
-            r.handle._chunks.put(chunk)
-        if r.consumer.finish is not None:
-            self._end(r, r.consumer.end())
-            return False
-        if not fed:
-            r.ahead = False  # from here on this request decodes synchronously
-        return True
+    def _hand_out(self, r: Running) -> None:
+        """Feed the tokens chosen for `r` this step to its consumer, up to where it stops
+        (none yet for a request whose first token is still on the device); end it there."""
+        consumer, produced, fed = r.consumer, r.produced, r.fed_produced
+        r.produced = None
+        if consumer.finish is None and produced is not None:
+            r.holds_last = fed  # the cache holds the last token handed out (fed ahead)
+            put = r.handle._chunks.put
+            for token in (r.steps.deliver(produced) if r.steps is not None else produced):
+                chunk = consumer.feed(token.token, token.from_draft, token.logprob)
+                if chunk is not None:
+                    put(chunk)
+                if consumer.finish is not None:
+                    break
+                if r.handle.cancelled:  # after each token, as `generate` does
+                    consumer.finish = "cancelled"
+                    break
+            if consumer.finish is None and not fed:
+                r.next_token = token.token
+        if consumer.finish is not None:
+            self._end(r, consumer.end())
 
     def _advance_stream(self, r: Running) -> None:
         """One chunk of a request that runs through `generate` with its own producer."""
@@ -235,13 +293,19 @@ class RequestScheduler:
         r.consumer = TokenConsumer(self.backend.vocabulary, r.request, self.backend.n_ctx, r.stats, r.t_start)
         if r.request.max_tokens == 0:
             r.consumer.finish = "length"
-        r.ahead = r.sampler.plain_greedy and self.backend.decodes_ahead and self._room_ahead(r)
+            return
+        if r.stepped is not None:
+            r.steps = r.stepped.start(self.backend, r.cache, r.sampler, r.history, r.stats)
+        r.ahead = (r.steps is None and r.sampler.plain_greedy and self.backend.decodes_ahead
+                   and self._room_ahead(r))
 
     def _end(self, r: Running, last: GenerationChunk | None) -> None:
         """Finish `r`: its cache back to the manager (its sequence is free for the next
         request), then its last chunk."""
         self.running.remove(r)
         try:
+            if r.steps is not None:  # rejected or unused drafts leave the cache
+                r.steps.close()
             if r.holds_last:  # fed ahead: leave the cache as synchronous decoding would
                 r.holds_last = False
                 self.backend.trim(r.cache, len(r.cache.tokens) - 1)

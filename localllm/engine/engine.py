@@ -122,12 +122,9 @@ class Engine:
         self._thread.start()
 
     def speculative_producer(self, request: GenerationRequest):
-        """The request's speculative producer (`localllm.speculative`); None (plain decoding
-        in the shared batch) for --draft none, and for auto where requests decode in one
-        batch (parallel > 1): a drafting request runs beside the batch, in passes of its own,
-        and the adaptive policy does not weigh that. --draft prompt-lookup drafts anyway."""
-        if request.draft.mode == "auto" and self.parallel > 1:
-            return None
+        """The request's speculative producer (`localllm.speculative`), None (plain
+        decoding) for --draft none. Its pending token and drafts ride in the shared batch
+        with the other requests' tokens; "auto" weighs what drafts cost the whole batch."""
         producer = speculative_producer_for(request.draft, self.draft_policy, request.max_tokens)
         return None if producer is plain_decoding else producer
 

@@ -18,8 +18,9 @@ benchmarks) or from the engine thread. The cache must hold a proper prefix of th
 
 from __future__ import annotations
 
+import abc
 import time
-from typing import Callable, Iterator, NamedTuple, Protocol
+from typing import Callable, Iterator, NamedTuple, Protocol, Sequence
 
 from localllm.backend.protocol import Backend, Cache, Logits
 from localllm.engine.consumer import TokenConsumer
@@ -46,6 +47,51 @@ class TokenProducer(Protocol):
         When closed early, leave `cache` holding only tokens whose keys are exact (a
         speculative producer cuts rejected drafts off in a `finally`). Drafting counts go
         to `stats.draft_tokens`."""
+
+
+class ProducerSteps(Protocol):
+    """A producer's generation advanced one forward pass at a time by whoever runs the
+    passes (see `SteppedProducer`)."""
+
+    def plan(self, n_tokens: int = 1, others: float = 0.0, room: int | None = None) -> tuple[Sequence[int], float]:
+        """(the tokens to feed next, pending token first, all positions' logits wanted when
+        more than one; what the pass is expected to yield for this sequence). `n_tokens`:
+        tokens of the pass so far counting this pending one; `others`: tokens the pass
+        yields for other sequences; `room`: the most extra tokens the pass takes."""
+
+    def choose(self, logits: Logits) -> None:
+        """Choose tokens from the logits of the planned tokens (before the first plan: of
+        the prompt's last position). Samples only: nothing here touches the backend."""
+
+    def commit(self) -> list[ProducedToken]:
+        """Bring the cache in line with what `choose` accepted; the tokens to hand out."""
+
+    def deliver(self, produced: list[ProducedToken]) -> Iterator[ProducedToken]:
+        """Hand out `produced` one at a time, counting what the consumer took."""
+
+    def close(self) -> None:
+        """Leave the cache holding what was handed out but the last token."""
+
+
+class SteppedProducer(abc.ABC):
+    """A `TokenProducer` whose passes can also be run by someone else: the engine's batch
+    scheduler (`engine/batching.py`) puts each step's tokens into the shared
+    `forward_batch` with the other requests' tokens (speculative drafts ride in the batch)."""
+
+    @abc.abstractmethod
+    def start(self, backend: Backend, cache: Cache, sampler: Sampler, history: list[int],
+              stats: GenerationStats) -> ProducerSteps | None:
+        """The steps of one generation (`history`: the prompt), or None where this cache
+        needs plain decoding."""
+
+    @abc.abstractmethod
+    def record_pass(self, n_tokens: int, seconds: float) -> None:
+        """A forward pass of `n_tokens` (all sequences) took `seconds`, its sampling included."""
+
+    @abc.abstractmethod
+    def __call__(self, backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,
+                 history: list[int], stats: GenerationStats) -> Iterator[ProducedToken]:
+        """The `TokenProducer` alone over one cache."""
 
 
 def plain_decoding(backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,

@@ -12,6 +12,13 @@ c is measured, not assumed: every forward the producers make is timed, per n, an
 median of the recent ones is used. Acceptance is kept per match length (a 3-token
 n-gram match is right far more often than a 1-token one) with old outcomes fading out.
 
+In the engine's shared batch (several requests decoding in one pass of n tokens, each
+yielding one), k drafts make that pass cost c(n+k) instead of c(n) for everyone, and it
+yields E(k) instead of 1 for the drafting request. The policy maximizes what the whole
+batch yields per second: draft when (Y + E(k)) / (Y + 1) * c(n) / c(n+k) > 1, Y being
+what the pass yields for the others. Alone (n = 1, Y = 0) that is the rule above. Passes
+of every size are timed by whoever runs them, so c(n) is known for batched sizes too.
+
 Where drafting does not pay, a draft is still tried now and then (one token, with a
 growing interval while those probes fail) so that text that turns repetitive later (the
 model starts quoting) switches drafting back on.
@@ -113,15 +120,18 @@ class AdaptiveDraftPolicy:
             stats = self._by_match[match_length] = _Acceptance()
         return stats
 
-    def choose(self, draft: Draft, k_max: int) -> int:
-        """How many of `draft.tokens` (at most `k_max`) to verify; 0 for a plain step."""
-        c1 = self.costs.estimate(1)
-        if c1 is None:
+    def choose(self, draft: Draft, k_max: int, n_tokens: int = 1, others: float = 0.0) -> int:
+        """How many of `draft.tokens` (at most `k_max`) to verify; 0 for a plain step.
+        `n_tokens`: tokens of the pass with the pending token but no draft; `others`: what
+        the pass yields for other sequences decoding in it (0 alone)."""
+        costs = self.costs
+        if costs.estimate(1) is None:
             return 0  # measure a plain step first
+        c_n = costs.estimate(n_tokens)
         stats = self._stats(draft.match_length)
         best_k, best_gain = 0, MARGIN
         for k in range(1, min(len(draft.tokens), k_max) + 1):
-            gain = expected_tokens(stats.rate, k) * c1 / self.costs.estimate(k + 1)
+            gain = (others + expected_tokens(stats.rate, k)) / (others + 1) * c_n / costs.estimate(n_tokens + k)
             if gain > best_gain:
                 best_k, best_gain = k, gain
         if best_k:
@@ -131,6 +141,10 @@ class AdaptiveDraftPolicy:
             stats.skipped = 0
             return 1
         return 0
+
+    def expected_tokens(self, draft: Draft, k: int) -> float:
+        """What verifying k tokens of `draft` yields on average, from the acceptance seen."""
+        return expected_tokens(self.acceptance(draft.match_length), k)
 
     def record_forward(self, n_tokens: int, seconds: float) -> None:
         self.costs.record(n_tokens, seconds)
@@ -152,8 +166,11 @@ class AlwaysDraftPolicy:
     def __init__(self, learner: AdaptiveDraftPolicy):
         self.learner = learner
 
-    def choose(self, draft: Draft, k_max: int) -> int:
+    def choose(self, draft: Draft, k_max: int, n_tokens: int = 1, others: float = 0.0) -> int:
         return min(len(draft.tokens), k_max)
+
+    def expected_tokens(self, draft: Draft, k: int) -> float:
+        return self.learner.expected_tokens(draft, k)
 
     def record_forward(self, n_tokens: int, seconds: float) -> None:
         self.learner.record_forward(n_tokens, seconds)

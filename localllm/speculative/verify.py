@@ -31,15 +31,17 @@ import time
 from typing import Iterator, Sequence
 
 from localllm.backend.protocol import Backend, Cache, Logits
-from localllm.engine.generate import ProducedToken, plain_decoding, prefill
+from localllm.engine.generate import ProducedToken, SteppedProducer, plain_decoding, prefill
 from localllm.engine.sampling import Sampler
 from localllm.speculative.drafter import Drafter, DrafterFactory
 from localllm.types import GenerationStats
 
 
-class SpeculativeDecoding:
+class SpeculativeDecoding(SteppedProducer):
     """A `TokenProducer`: draft with `drafter_factory`, verify, let `policy` (adaptive or
-    always) choose how many drafted tokens each step verifies."""
+    always) choose how many drafted tokens each step verifies. As a `SteppedProducer` its
+    steps (`DraftingSteps`) also ride in the engine's shared batch: the pending token and
+    its drafts are one item of a `forward_batch` beside the other requests' tokens."""
 
     def __init__(self, drafter_factory: DrafterFactory, policy, draft_max: int,
                  max_new_tokens: int | None = None, clock=time.perf_counter):
@@ -49,53 +51,114 @@ class SpeculativeDecoding:
         self.max_new_tokens = max_new_tokens
         self.clock = clock
 
+    def start(self, backend: Backend, cache: Cache, sampler: Sampler, history: list[int],
+              stats: GenerationStats) -> "DraftingSteps | None":
+        if not backend.cache_capability(cache).trimmable:  # rejected drafts could not be undone
+            return None
+        return DraftingSteps(self, backend, cache, sampler, history, stats)
+
+    def record_pass(self, n_tokens: int, seconds: float) -> None:
+        self.policy.record_forward(n_tokens, seconds)
+
     def __call__(self, backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,
                  history: list[int], stats: GenerationStats) -> Iterator[ProducedToken]:
-        if not backend.cache_capability(cache).trimmable:  # rejected drafts could not be undone
+        """One sequence alone: each step's pending token and drafts in a pass of their own."""
+        steps = self.start(backend, cache, sampler, history, stats)
+        if steps is None:
             yield from plain_decoding(backend, cache, logits, sampler, history, stats)
             return
-        n_prompt = len(history)
-        drafter = self.drafter_factory(history)
-        budget = backend.n_ctx + 1 - n_prompt  # what the consumer takes at most
-        if self.max_new_tokens is not None:
-            budget = min(budget, self.max_new_tokens)
-        policy, clock, forward = self.policy, self.clock, backend.forward
-        drafting = True
-        produced = 0
-        token = sampler.sample_row(logits, -1, history)
-        logprob = sampler.last_logprob
+        clock, forward = self.clock, backend.forward
         try:
+            steps.choose(logits)
+            yield from steps.deliver(steps.commit())
             while True:
-                history.append(token)
-                drafter.append(token)
-                produced += 1
-                yield ProducedToken(token, False, logprob)
-                base = len(cache.tokens)  # == len(history) - 1: all but the pending token
-                # Room for the pending token and k drafts in the context, and no draft the
-                # consumer could not take (the last draft's successor comes free).
-                k_max = min(self.draft_max, backend.n_ctx - base - 1, budget - produced - 1) if drafting else 0
-                draft = drafter.propose(k_max) if k_max > 0 else None
-                k = policy.choose(draft, k_max) if draft is not None else 0
+                feed, _ = steps.plan()
                 started = clock()
-                if k == 0:
-                    logits = forward((token,), cache)
-                    token = sampler.sample_row(logits, -1, history)
-                    logprob = sampler.last_logprob
-                    policy.record_forward(1, clock() - started)
-                    continue
-                drafted = draft.tokens[:k]
-                stats.draft_tokens += k
-                logits = forward((token, *drafted), cache, all_logits=True)
-                confirmed, token, logprob = verify_draft(logits, drafted, sampler, history, drafter)
-                drafting = cut_back(backend, cache, history)
-                policy.record_forward(k + 1, clock() - started)
-                policy.record_verification(draft.match_length, k, len(confirmed))
-                for produced_token in confirmed:
-                    produced += 1
-                    yield produced_token
+                logits = forward(feed, cache, all_logits=len(feed) > 1)
+                steps.choose(logits)
+                produced = steps.commit()
+                self.record_pass(len(feed), clock() - started)
+                yield from steps.deliver(produced)
         finally:
-            # Everything yielded but the last token, as plain decoding leaves it.
-            settle(backend, cache, history, n_prompt + max(0, produced - 1))
+            steps.close()
+
+
+class DraftingSteps:
+    """One generation's speculative state, advanced one forward pass at a time by whoever
+    runs the passes (`SpeculativeDecoding.__call__` alone, the engine's batch scheduler
+    together with other requests): `plan` the pending token and its drafts, `choose` from
+    that pass's logits (sampling only, nothing else changes the backend), `commit` (cut
+    the rejected drafts off the cache; the tokens to hand out), `deliver` them counting
+    what the consumer took, `close` to leave the cache as plain decoding would."""
+
+    def __init__(self, producer: SpeculativeDecoding, backend: Backend, cache: Cache, sampler: Sampler,
+                 history: list[int], stats: GenerationStats):
+        self.backend, self.cache, self.sampler, self.history, self.stats = backend, cache, sampler, history, stats
+        self.policy = producer.policy
+        self.draft_max = producer.draft_max
+        self.n_prompt = len(history)
+        self.drafter = producer.drafter_factory(history)
+        budget = backend.n_ctx + 1 - self.n_prompt  # what the consumer takes at most
+        if producer.max_new_tokens is not None:
+            budget = min(budget, producer.max_new_tokens)
+        self.budget = budget
+        self.drafting = True
+        self.produced = 0  # tokens handed to the consumer
+        self.pending: int | None = None  # chosen, handed out, not yet fed
+        self._draft = None  # the Draft behind `_drafted`
+        self._drafted: tuple[int, ...] = ()  # drafts fed after the pending token in this pass
+        self._chosen: tuple[list[ProducedToken], int, object] | None = None
+
+    def plan(self, n_tokens: int = 1, others: float = 0.0, room: int | None = None) -> tuple[tuple[int, ...], float]:
+        """(tokens to feed next: the pending one and the drafts the policy chose, the
+        tokens this pass is expected to yield). `n_tokens`: tokens of the pass counting
+        this pending one but no draft of it; `others`: tokens the pass yields for other
+        sequences; `room`: how many more tokens the pass takes."""
+        base = len(self.cache.tokens)  # == len(history) - 1: all but the pending token
+        # Room for the pending token and k drafts in the context, and no draft the
+        # consumer could not take (the last draft's successor comes free).
+        k_max = min(self.draft_max, self.backend.n_ctx - base - 1, self.budget - self.produced - 1) if self.drafting else 0
+        if room is not None:
+            k_max = min(k_max, room)
+        draft = self.drafter.propose(k_max) if k_max > 0 else None
+        k = self.policy.choose(draft, k_max, n_tokens, others) if draft is not None else 0
+        self._draft, self._drafted = draft, (draft.tokens[:k] if k else ())
+        self.stats.draft_tokens += k
+        expected = self.policy.expected_tokens(draft, k) if k else 1.0
+        return (self.pending, *self._drafted), expected
+
+    def choose(self, logits: Logits) -> None:
+        """The token at every position of the pass that fed the planned tokens (or, before
+        the first plan, of the prompt's last position), as plain decoding would choose it."""
+        sampler, history = self.sampler, self.history
+        if self._drafted:
+            self._chosen = verify_draft(logits, self._drafted, sampler, history, self.drafter)
+        else:
+            self._chosen = ([], sampler.sample_row(logits, -1, history), sampler.last_logprob)
+
+    def commit(self) -> list[ProducedToken]:
+        """Cut what the last `choose` rejected off the cache; the accepted drafts and the
+        next pending token, in order, to hand to the consumer through `deliver`."""
+        confirmed, token, logprob = self._chosen
+        self._chosen = None
+        if self._drafted:
+            self.drafting = cut_back(self.backend, self.cache, self.history)
+            self.policy.record_verification(self._draft.match_length, len(self._drafted), len(confirmed))
+            self._drafted = ()
+        self.history.append(token)
+        self.drafter.append(token)
+        self.pending = token
+        confirmed.append(ProducedToken(token, False, logprob))
+        return confirmed
+
+    def deliver(self, produced: list[ProducedToken]) -> Iterator[ProducedToken]:
+        for token in produced:
+            self.produced += 1
+            yield token
+
+    def close(self) -> None:
+        """Everything handed out but the last token stays cached, as plain decoding leaves it."""
+        settle(self.backend, self.cache, self.history, self.n_prompt + max(0, self.produced - 1))
 
 
 def verify_draft(logits: Logits, drafted: Sequence[int], sampler: Sampler, history: list[int],

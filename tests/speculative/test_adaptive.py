@@ -101,3 +101,19 @@ def test_acceptance_is_kept_per_match_length():
     assert policy.acceptance(1) < 0.1 < 0.9 < policy.acceptance(3)
     assert policy.choose(Draft(DRAFT8.tokens, 1), 8) == 0
     assert policy.choose(DRAFT8, 8) > 0
+
+
+def test_in_a_batch_a_draft_must_pay_for_what_it_costs_the_others():
+    """Alone, a cheap draft pays (1.3 tokens for 1.1x the pass); in a pass with three other
+    decoding sequences the same draft would slow all four for 0.3 extra tokens: no draft.
+    With n_tokens 1 and no others the batch rule is the single-sequence one."""
+    one = Draft((7,), 1)
+    policy = policy_with_costs({n: 1.0 + 0.1 * (n - 1) for n in range(1, 10)})
+    assert policy.choose(one, 1) == 1
+    assert policy.choose(one, 1, 1, 0.0) == 1
+    assert policy.choose(one, 1, n_tokens=4, others=3.0) == 0
+    # Where a wider pass costs next to nothing more (a large batch, a prompt chunk in it),
+    # drafting pays in the batch too.
+    flat = policy_with_costs({1: 1.0, 4: 2.0, 5: 2.0})
+    assert flat.choose(one, 1, n_tokens=4, others=3.0) == 1
+    assert flat.expected_tokens(one, 1) == pytest.approx(expected_tokens(flat.acceptance(1), 1))
