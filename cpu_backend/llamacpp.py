@@ -29,8 +29,8 @@ from . import llama_log
 from .attention_calibration import choose_flash_attn
 from .thread_policy import FreeCoreThreads
 from .vocab import LlamaCppVocabulary
-from localllm.backend.protocol import (BatchItem, CacheCapability, HostLogits, MemoryReport, forward_each,
-                                       window_min_tokens)
+from localllm.backend.protocol import (BatchItem, CacheCapability, HostLogits, MemoryReport, copy_through_state,
+                                       forward_each, window_min_tokens)
 from localllm.types import ModelInfo
 from localllm.errors import ContextOverflowError, ModelFileError
 
@@ -226,6 +226,21 @@ class LlamaCppBackend:
 
     def cache_bytes(self, cache: LlamaCppCache) -> int:
         return len(cache.tokens) * self.kv_bytes_per_token
+
+    def copy_prefix(self, source: LlamaCppCache, cache: LlamaCppCache, n_tokens: int) -> None:
+        """`cache` shares `source`'s first `n_tokens` cells in the one KV buffer (llama.cpp
+        adds the sequence id to those cells: no keys are copied, none serialized); either
+        sequence writes its later positions to cells of its own."""
+        if not self._trimmable:  # a recurrent state is one cell per sequence: copied whole, as bytes
+            copy_through_state(self, source, cache, n_tokens)
+            return
+        if n_tokens > len(source.tokens) or not self.cache_capability(source).allows(n_tokens):
+            raise ValueError(f"cannot copy the first {n_tokens} of a cache holding {len(source.tokens)} tokens")
+        llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, -1, -1)
+        cache.tokens = []
+        if n_tokens:
+            llama_cpp.llama_memory_seq_cp(self._mem, source.seq_id, cache.seq_id, 0, n_tokens)
+            cache.tokens = source.tokens[:n_tokens]
 
     def save_state(self, cache: LlamaCppCache) -> bytes:
         """The cache's keys and values as bytes (for disk snapshots)."""

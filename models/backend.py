@@ -26,7 +26,7 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
-from localllm.backend.protocol import BatchItem, CacheCapability, MemoryReport, window_min_tokens
+from localllm.backend.protocol import BatchItem, CacheCapability, MemoryReport, copy_through_state, window_min_tokens
 from localllm.errors import ContextOverflowError
 from localllm.models.cache import KV_GROUP, STEP, SlidingKVCache
 from localllm.models.layers import PackedLayer
@@ -325,6 +325,9 @@ class MLXBackend:
         buf = io.BytesIO()
         np.savez(buf, header=np.frombuffer(json.dumps(self._state_header(cache)).encode(), np.uint8), **arrays)
         return buf.getvalue()
+
+    def copy_prefix(self, source: MLXCache, cache: MLXCache, n_tokens: int) -> None:
+        copy_through_state(self, source, cache, n_tokens)
 
     def load_state(self, cache: MLXCache, tokens: Sequence[int], data: bytes) -> bool:
         fresh = self._layer_caches()

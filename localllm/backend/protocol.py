@@ -60,6 +60,13 @@ cache unchanged. After any trim, feeding the removed tokens again must give the 
 logits as the first time (up to float rounding): the KV-cache manager and speculative
 decoding rely on it.
 
+Copies. `copy_prefix(source, cache, n)` makes `cache` (its old contents dropped) hold the
+first n tokens of `source`, which stays as it was; the copy can be cut back as far as
+`source` could (`min_tokens`). llama.cpp shares the cells in its one KV buffer
+(`llama_memory_seq_cp`: nothing is copied or serialized); a backend with separate caches
+copies through its state (`copy_through_state`). The KV-cache manager uses it to give a
+request the prefix another running request holds (a shared system prompt).
+
 State. `save_state` returns opaque bytes that `load_state` of the same backend, model file
 and settings (KV type) accepts into an empty or non-empty cache of that backend (its old
 contents are dropped). The KV-cache manager parks them in host memory and snapshots them
@@ -213,6 +220,10 @@ class Backend(Protocol):
         """Bytes of keys and values one token takes across all layers (an average when
         layers differ): what the KV-cache manager sizes its budget with."""
 
+    def copy_prefix(self, source: Cache, cache: Cache, n_tokens: int) -> None:
+        """Make `cache` hold the first `n_tokens` of `source` (see the module docstring);
+        `n_tokens` must be one `cache_capability(source)` allows, else ValueError."""
+
     def save_state(self, cache: Cache) -> bytes:
         """The cache's keys and values as opaque bytes (parking, disk snapshots)."""
 
@@ -278,3 +289,15 @@ def forward_each(backend: Backend, items: Sequence[BatchItem]) -> list[Logits]:
         logits = backend.forward(item.tokens, item.cache, item.all_logits)
         out.append(HostLogits(np.array(logits.numpy(), copy=True).reshape(logits.n_rows, -1)))
     return out
+
+
+def copy_through_state(backend: Backend, source: Cache, cache: Cache, n_tokens: int) -> None:
+    """`copy_prefix` for a backend whose caches share nothing: `source`'s saved state
+    loaded into `cache`, then cut back (such a backend's reload holds what the live cache
+    held, so it cuts back as far)."""
+    if n_tokens > len(source.tokens) or not backend.cache_capability(source).allows(n_tokens):
+        raise ValueError(f"cannot copy the first {n_tokens} of a cache holding {len(source.tokens)} tokens")
+    if n_tokens == 0 or not backend.load_state(cache, list(source.tokens), backend.save_state(source)):
+        backend.trim(cache, 0)
+        return
+    backend.trim(cache, n_tokens)

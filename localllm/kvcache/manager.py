@@ -25,8 +25,9 @@ which may be none (`CacheStats.refused_tokens` counts what was found but not usa
 
 Several requests at once (the engine's continuous batching): the first holds the working
 cache; each other one gets a cache of its own, filled from whichever source shares the
-longest prefix with its prompt: a cache another running request holds (its saved state
-copied, then cut back: a shared system prompt is prefilled once), a parked cache or a
+longest prefix with its prompt: a cache another running request holds (its prefix copied
+with `copy_prefix`, which on llama.cpp shares the cells in the KV buffer: a shared system
+prompt is prefilled and stored once), a parked cache or a
 snapshot. When a request ends, its cache becomes the working cache if that is idle (the
 idle one is parked), else it is parked and closed: one idle cache stays in the KV buffer.
 
@@ -202,9 +203,9 @@ class KVCacheManager:
         if not self.enabled:
             return Lease(cache, 0, "none", prompt)
         usable = len(prompt) - 1
-        # A running request's cache is copied through its saved state, so what a reload
-        # of that state holds exactly counts.
-        sources = [(live, live.tokens, self.backend.cache_capability(live).restored_min_tokens) for live in self.lent]
+        # A running request's cache is copied (`copy_prefix`: llama.cpp shares the cells in
+        # place), and the copy holds exactly what the live cache holds.
+        sources = [(live, live.tokens, self.backend.cache_capability(live).min_tokens) for live in self.lent]
         sources += [(p, p.tokens, p.min_tokens) for p in self.parked]
         best, best_len, longest = _best_source(sources, prompt, usable, 0, 0)
         if self.snapshots is not None:
@@ -221,8 +222,8 @@ class KVCacheManager:
                 self.stats.restores += 1
                 return self._lend(cache, best_len, "parked", prompt, longest)
         elif best is not None:
-            if self.backend.load_state(cache, list(best.tokens), self.backend.save_state(best)):
-                return self._lend(cache, best_len, "shared", prompt, longest)
+            self.backend.copy_prefix(best, cache, best_len)
+            return self._lend(cache, best_len, "shared", prompt, longest)
         return self._lend(cache, 0, "none", prompt, longest)
 
     def release(self, lease: Lease) -> None:

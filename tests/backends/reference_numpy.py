@@ -21,7 +21,7 @@ from typing import Sequence
 import gguf
 import numpy as np
 
-from localllm.backend.protocol import CacheCapability, HostLogits, MemoryReport, forward_each
+from localllm.backend.protocol import CacheCapability, HostLogits, MemoryReport, copy_through_state, forward_each
 from localllm.errors import ContextOverflowError
 from localllm.formats.gguf import inspect_gguf
 from localllm.tokenizer.protocol import Tokenizer
@@ -100,6 +100,9 @@ class NumpyReferenceBackend:
         out.write(STATE_MAGIC)
         np.save(out, np.stack([np.stack(cache.keys), np.stack(cache.values)]))
         return out.getvalue()
+
+    def copy_prefix(self, source: NumpyCache, cache: NumpyCache, n_tokens: int) -> None:
+        copy_through_state(self, source, cache, n_tokens)
 
     def load_state(self, cache: NumpyCache, tokens: Sequence[int], data: bytes) -> bool:
         self.trim(cache, 0)

@@ -6,6 +6,7 @@ and the numpy reference.
 - the logits of every fed position equal those of feeding the tokens one by one;
 - a trimmed cache fed the rest again equals a fresh cache fed everything;
 - a saved state restores into another cache and continues exactly; foreign bytes are refused;
+- a prefix copied into another cache continues as a fresh prefill, independent of its source;
 - the logits handle: `numpy(row)`, `numpy()` and `argmax()` agree;
 - a forward past the context raises ContextOverflowError and leaves the cache as it was;
 - the vocabulary it hands out encodes llama.cpp's Llama 2 test vectors to the expected ids
@@ -108,6 +109,28 @@ def test_a_saved_state_restores_and_continues(kind, backend, caches):
     np.testing.assert_allclose(got, want, rtol=0, atol=kind.atol)
     # Bytes that are no saved state of this backend are refused, leaving the cache empty.
     assert not backend.load_state(dst, tokens[:3], b"not a saved state")
+    assert dst.tokens == []
+
+
+def test_a_copied_prefix_continues_as_a_fresh_prefill(kind, backend, caches):
+    """`copy_prefix` (llama.cpp: cells shared in the KV buffer): the copy continues as a
+    cache fed from empty, and each of the two then changes without touching the other."""
+    tokens = backend.vocabulary.encode(TEXT)
+    half = len(tokens) // 2
+    fresh = backend.forward(tokens, caches(), all_logits=True).numpy().copy()
+    src, dst = caches(), caches()
+    backend.forward(tokens, src)
+    backend.copy_prefix(src, dst, half)
+    assert dst.tokens == tokens[:half] and src.tokens == tokens
+    got = backend.forward(tokens[half:], dst, all_logits=True).numpy()
+    np.testing.assert_allclose(got, fresh[half:], rtol=0, atol=kind.atol)
+    backend.trim(src, 3)  # the source cut below the copy's prefix: the copy keeps its own
+    backend.trim(dst, half)
+    got = backend.forward(tokens[half:], dst, all_logits=True).numpy()
+    np.testing.assert_allclose(got, fresh[half:], rtol=0, atol=kind.atol)
+    got = backend.forward(tokens[3:], src, all_logits=True).numpy()
+    np.testing.assert_allclose(got, fresh[3:], rtol=0, atol=kind.atol)
+    backend.copy_prefix(src, dst, 0)
     assert dst.tokens == []
 
 
