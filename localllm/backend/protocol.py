@@ -38,7 +38,8 @@ rounding), all valid until the next forward/trim/load_state/close. Each cache ap
 most once. A backend that cannot batch runs the items one after another
 (`forward_each`), copying each item's logits so all stay valid; llama.cpp decodes them in
 one `llama_decode`, which is what makes several requests decode for about the price of
-one on a memory-bound CPU. The engine keeps a batch within `max_batch_tokens`.
+one on a memory-bound CPU; MLX packs them into one model call (`models/backend.py`; its
+CPU build's matmuls cost about the same per row, so there it gains little). The engine keeps a batch within `max_batch_tokens`.
 
 Decoding ahead. A backend whose `decodes_ahead` is True queues work and returns from
 `forward`/`forward_batch` before it is computed, and its logits offer

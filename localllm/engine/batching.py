@@ -40,7 +40,8 @@ from typing import Callable, Iterator
 
 from localllm.backend.protocol import Backend, BatchItem, Cache, PendingToken
 from localllm.engine.consumer import TokenConsumer
-from localllm.engine.generate import ProducedToken, ProducerSteps, SteppedProducer, TokenProducer, generate, make_sampler
+from localllm.engine.generate import (ProducedToken, ProducerSteps, SteppedProducer, TokenProducer, drop_fed_ahead,
+                                       generate, make_sampler)
 from localllm.engine.sampling import Sampler
 from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
 
@@ -308,7 +309,7 @@ class RequestScheduler:
                 r.steps.close()
             if r.holds_last:  # fed ahead: leave the cache as synchronous decoding would
                 r.holds_last = False
-                self.backend.trim(r.cache, len(r.cache.tokens) - 1)
+                drop_fed_ahead(self.backend, r.cache)
         finally:
             self._release(r, last)
 

@@ -118,9 +118,11 @@ def greedy_ahead(backend: Backend, cache: Cache, logits: Logits, history: list[i
     logits (penalties, bias, constraints, logprobs and seeded draws stay synchronous).
 
     The cache ends as `plain_decoding` leaves it: the last yielded token, already fed
-    ahead, is cut off in the `finally` when the consumer stops. Nothing is fed ahead past
-    the context; a consumer that asks for a token beyond it gets `forward`'s
-    `ContextOverflowError`, as with plain decoding."""
+    ahead, is cut off in the `finally` when the consumer stops (`drop_fed_ahead`). Nothing
+    is fed ahead past the context; a consumer that asks for a token beyond it gets
+    `forward`'s `ContextOverflowError`, as with plain decoding. This producer does not know
+    the consumer's max_tokens, so the pass fed with the last token is computed and cut
+    off; the engine's scheduler, which knows it, feeds no such pass."""
     pending = logits.argmax_pending(-1)
     fed_ahead = False  # whether the cache holds the last yielded token
     try:
@@ -138,7 +140,16 @@ def greedy_ahead(backend: Backend, cache: Cache, logits: Logits, history: list[i
             pending = logits.argmax_pending(-1)
     finally:
         if fed_ahead:
-            backend.trim(cache, len(cache.tokens) - 1)
+            drop_fed_ahead(backend, cache)
+
+
+def drop_fed_ahead(backend: Backend, cache: Cache) -> None:
+    """Cut the last token, fed ahead and not wanted, off `cache`, leaving it as synchronous
+    decoding would. Where the cache's capability forbids that cut (a sliding-window cache
+    kept with no spare positions) it keeps the token: it still lists what it holds."""
+    n = len(cache.tokens) - 1
+    if backend.cache_capability(cache).allows(n):
+        backend.trim(cache, n)
 
 
 # Prefill runs in steps of this many tokens at most, so a request cancelled during a long

@@ -283,3 +283,24 @@ def test_forward_batch_overflow_leaves_every_cache_unchanged(stories_path):
         assert [layer.offset for layer in x.layers] == [3] * len(x.layers)
     finally:
         backend.close()
+
+
+def test_a_sliding_cache_with_no_spare_positions_keeps_the_token_fed_ahead(build_model):
+    """Gemma 3's window-8 layers keeping nothing beyond their window cannot be cut back one
+    token: decoding ahead still gives the synchronous tokens, and the cache keeps (and
+    lists) the token it was fed ahead instead of failing."""
+    backend = load_backend(str(build_model("gemma3", "Q4_K_M")), settings())
+    try:
+        backend.sliding_keep = 0
+        request = GenerationRequest(tuple(backend.vocabulary.encode("Once upon a time")), GREEDY, max_tokens=20,
+                                    ignore_eos=True)
+        ahead, sync = both(backend, request)
+        assert ahead[:3] == sync[:3]
+        assert ahead[3] == sync[3] + ahead[0][-1:]
+        with Engine(backend, KVCacheManager(backend), parallel=1) as engine:
+            handle = engine.submit(GenerationRequest(request.prompt_tokens, GREEDY, max_tokens=20, ignore_eos=True,
+                                                     draft=NO_DRAFT))
+            assert [c.token for c in handle if c.token is not None] == ahead[0]
+            assert handle.finish_reason == "length"
+    finally:
+        backend.close()
