@@ -9,7 +9,9 @@ machine noise hits both alike; decode tok/s is (generated - 1) / decode time fro
 request's own stats; medians. Also checks both give the same tokens.
 
 On Linux MLX computes on the CPU in float32: what overlapping the host's work with the
-compute gains here, not what a Mac's GPU gets.
+compute gains here, not what a Mac's GPU gets. MLX 0.32's CPU backend runs most of a
+step inside `mx.async_eval` on the calling thread (SmolLM2: ~82 of ~105 ms), so there is
+little to overlap here (measured 0.98-1.06x); on Metal async_eval only queues the work.
 
     python benchmarks/bench_mlx_decode_ahead.py [--repeats 5] [--tokens 64] [--skip-smollm]
 """
