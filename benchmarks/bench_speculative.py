@@ -83,11 +83,14 @@ STORY_TASKS = [
 ]
 
 
+FLASH_ATTN = "auto"  # --flash-attn: what the runs below load models with
+
+
 def settings(threads: int, ctx: int = 2048) -> Settings:
     home = Path("/tmp/localllm-bench-speculative")
     # One request at a time, as `run` and `chat` serve them (auto drafts only outside a shared batch).
     return Settings(home=home, cache_dir=home / "cache", ctx_size=ctx, threads=threads, prefix_cache=False,
-                    parallel=1)
+                    parallel=1, flash_attn=FLASH_ATTN)
 
 
 # -- forward cost -------------------------------------------------------------------------
@@ -122,27 +125,56 @@ class Ours:
         from localllm.runtime import load_model
 
         self.model = load_model(str(path), settings(threads))
+        # Count verifications (for accepted tokens per verification) where every mode's
+        # outcomes arrive: the model's adaptive policy (--draft prompt-lookup reports there too).
+        learner = self.model.engine.draft_policy
+        record = learner.record_verification
+        self.verifications = 0
 
-    def prompt(self, text: str, chat: bool) -> list[int]:
-        return self.model.chat_tokens([Message("user", text)]) if chat else self.model.text_tokens(text)
+        def counted(match_length: int, k: int, accepted: int) -> None:
+            self.verifications += 1
+            record(match_length, k, accepted)
+
+        learner.record_verification = counted
+
+    def prompt(self, text, chat: bool) -> list[int]:
+        if not chat:
+            return self.model.text_tokens(text)
+        return self.model.chat_tokens(text if isinstance(text, list) else [Message("user", text)])
 
     def run(self, tokens: list[int], mode: str, max_tokens: int):
         request = self.model.request(tokens, SamplingParams(temperature=0), max_tokens,
                                      draft=DraftParams(mode, DRAFT_MAX, NGRAM))
+        before = self.verifications
         handle = self.model.submit(request)
         out = handle.text()
         s = handle.stats
-        return out, s.decode_tokens_per_s, s.generated_tokens, (s.accepted_tokens, s.draft_tokens)
+        return out, s.decode_tokens_per_s, s.generated_tokens, (s.accepted_tokens, s.draft_tokens, self.verifications - before)
 
 
 def llama_cpp_python_worker(path: str, threads: int, prompt_lookup: bool, max_tokens: int) -> None:
     """Runs in a child process (`--lcpp-worker`): llama-cpp-python's high-level Llama, plain
     or with LlamaPromptLookupDecoding, on the prompt token ids read from stdin (our chat
-    template's: the same prompt as ours); prints one JSON line. A child, because this
+    template's: the same prompt as ours); prints one JSON line. A child, in case a
     build's high-level Llama crashes (SIGSEGV in llama_decode) on some models."""
+    import llama_cpp.llama_cpp as low_level
     from llama_cpp import Llama
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
+    from cpu_backend.llamacpp import AMX_BUILD
+
+    if AMX_BUILD:
+        # Llama has no argument for it, so give it the setting our backend uses on such a
+        # build (see cpu_backend/llamacpp.py: AMX weight buffers crash on batches of 2+
+        # tokens): its constructor fills its model params from this function.
+        default_params = low_level.llama_model_default_params
+
+        def plain_cpu_buffers():
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        low_level.llama_model_default_params = plain_cpu_buffers
     request = json.loads(sys.stdin.read())
     draft = LlamaPromptLookupDecoding(num_pred_tokens=DRAFT_MAX, max_ngram_size=NGRAM) if prompt_lookup else None
     llm = Llama(path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, n_batch=512,
@@ -215,7 +247,8 @@ def run_tasks(path: Path, tasks, chat: bool, args) -> list[dict]:
             row[side + " same"] = all(x[0].strip() == plain_text.strip() for x in done)
             acc = [x[3] for x in done if x[3] is not None]
             if acc:
-                row[side + " acceptance"] = sum(a for a, _ in acc) / max(1, sum(d for _, d in acc))
+                row[side + " acceptance"] = sum(a for a, _, _ in acc) / max(1, sum(d for _, d, _ in acc))
+                row[side + " per verification"] = sum(a for a, _, _ in acc) / max(1, sum(v for _, _, v in acc))
         rows.append(row)
         print_row(row, names, header=len(rows) == 1)
     ours.model.close()
@@ -224,7 +257,7 @@ def run_tasks(path: Path, tasks, chat: bool, args) -> list[dict]:
 
 def print_row(row: dict, names: list[str], header: bool) -> None:
     if header:
-        print(f"\n{'task':<17}{'kind':<9}{'tok':>4}  " + "".join(f"{n:>24}" for n in names))
+        print(f"\n{'task':<17}{'kind':<9}{'tok':>4}  " + "".join(f"{n:>28}" for n in names))
     cells = []
     plain = row["none"] or 1.0
     for n in names:
@@ -232,9 +265,11 @@ def print_row(row: dict, names: list[str], header: bool) -> None:
             cells.append("crashed (SIGSEGV)")
             continue
         same = "=" if row[n + " same"] else "≠"
-        acc = f" {row[n + ' acceptance']:.0%}" if n + " acceptance" in row and n != "none" else ""
-        cells.append(f"{row[n]:7.1f} {row[n] / plain:5.2f}x {same}{acc:>5}")
-    print(f"{row['task']:<17}{row['kind']:<9}{row['tokens']:>4}  " + "".join(f"{c:>24}" for c in cells), flush=True)
+        acc = ""
+        if n + " acceptance" in row and n != "none":
+            acc = f" {row[n + ' acceptance']:.0%} {row[n + ' per verification']:.1f}"
+        cells.append(f"{row[n]:7.1f} {row[n] / plain:5.2f}x {same}{acc:>9}")
+    print(f"{row['task']:<17}{row['kind']:<9}{row['tokens']:>4}  " + "".join(f"{c:>28}" for c in cells), flush=True)
 
 
 def main() -> None:
@@ -242,6 +277,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto",
+                    help="llama.cpp flash attention for our runs (auto: as `run` chooses it)")
     ap.add_argument("--skip-1b", action="store_true")
     ap.add_argument("--skip-llama-cpp-python", action="store_true")
     ap.add_argument("--lcpp-worker", nargs=4, metavar=("MODEL", "THREADS", "LOOKUP", "MAX"), help=argparse.SUPPRESS)
@@ -251,6 +288,8 @@ def main() -> None:
         llama_cpp_python_worker(path, int(threads), lookup == "1", int(most))
         return
 
+    global FLASH_ATTN
+    FLASH_ATTN = args.flash_attn
     print(f"forward of n tokens against 1 token (all logits; medians; {args.threads} thread(s))")
     models = [("SmolLM2-135M Q4_1", SMOLLM)]
     if not args.skip_1b:
@@ -262,7 +301,7 @@ def main() -> None:
               "   ".join(f"{n}: {c / c1:4.2f}x" for n, c in costs.items() if n > 1), flush=True)
 
     legend = (f"up to {args.max_tokens} tokens, median of {args.repeats}; ratio to ours with --draft none; "
-              "'=' same text as ours plain; % drafted tokens accepted")
+              "'=' same text as ours plain; % drafted tokens accepted, accepted tokens per verification")
     print(f"\ndecode tokens/s, greedy, SmolLM2-135M Q4_1 (chat template), {legend}")
     run_tasks(SMOLLM, TASKS, True, args)
     print(f"\ndecode tokens/s, greedy, stories260K (continuation), {legend}")

@@ -37,6 +37,8 @@ ACCEPTANCE_PRIOR = (0.6, 2.0)  # (accepted, trials) before any outcome: a = 0.3
 FADE = 0.9  # weight left to older outcomes after each verification of that match length
 MARGIN = 1.05  # draft only where the expected speed-up beats noise
 PROBE_FIRST, PROBE_MOST = 4, 64  # drafts skipped between probes, first and at most
+REFRESH_EVERY = 32  # timed forwards between re-derivations of the draft-length choices
+DRAFT_TABLE = 16  # draft lengths the choices are first derived for
 
 
 def expected_tokens(acceptance: float, k: int) -> float:
@@ -50,21 +52,33 @@ class ForwardCosts:
 
     def __init__(self):
         self._seconds: dict[int, deque[float]] = {}
-        self._median: dict[int, float] = {}  # kept current: `estimate` runs every step
+        self._median: dict[int, float] = {}
+        self._stale: set[int] = set()  # sizes timed since their median was last taken
 
     def record(self, n_tokens: int, seconds: float) -> None:
-        timings = self._seconds.setdefault(n_tokens, deque(maxlen=RECENT_TIMINGS))
+        """Returns nothing and sorts nothing: it runs after every forward pass, the
+        medians are taken when asked for."""
+        timings = self._seconds.get(n_tokens)
+        if timings is None:
+            timings = self._seconds[n_tokens] = deque(maxlen=RECENT_TIMINGS)
         timings.append(seconds)
-        self._median[n_tokens] = statistics.median(timings)
+        self._stale.add(n_tokens)
+
+    def _medians(self) -> dict[int, float]:
+        if self._stale:
+            for n in self._stale:
+                self._median[n] = statistics.median(self._seconds[n])
+            self._stale.clear()
+        return self._median
 
     def measured(self, n_tokens: int) -> float | None:
-        return self._median.get(n_tokens)
+        return self._medians().get(n_tokens)
 
     def estimate(self, n_tokens: int) -> float | None:
         """c(n): measured, else interpolated between measured sizes, else extrapolated
         from the largest measured one with the steeper of its slope and PRIOR_SLOPE.
         None until a 1-token pass was measured."""
-        medians = self._median
+        medians = self._medians()
         c1 = medians.get(1)
         if c1 is None:
             return None
@@ -81,6 +95,9 @@ class ForwardCosts:
             slope = max(slope, (c_below - c1) / (below - 1))
         return c_below + slope * (n_tokens - below)
 
+    def is_measured(self, n_tokens: int) -> bool:
+        return n_tokens in self._seconds
+
     def ratio(self, n_tokens: int) -> float | None:
         """c(n) / c(1), for reports."""
         c1, cn = self.measured(1), self.measured(n_tokens)
@@ -88,14 +105,18 @@ class ForwardCosts:
 
 
 class _Acceptance:
-    """Fading counts of draft tokens accepted out of those tried, for one match length."""
+    """Fading counts of draft tokens accepted out of those tried, for one match length,
+    and the draft lengths they make worth verifying (derived when first needed)."""
 
-    __slots__ = ("accepted", "trials", "skipped", "probe_interval")
+    __slots__ = ("accepted", "trials", "skipped", "probe_interval", "best_k")
 
     def __init__(self):
         self.accepted, self.trials = ACCEPTANCE_PRIOR
         self.skipped = 0
         self.probe_interval = PROBE_FIRST
+        # best_k[m]: the k <= m with the best expected speed-up (0: none beats MARGIN);
+        # None when the counts or the costs changed since.
+        self.best_k: list[int] | None = None
 
     @property
     def rate(self) -> float:
@@ -105,11 +126,17 @@ class _Acceptance:
 class AdaptiveDraftPolicy:
     """Decides per step how many drafted tokens to verify (0: a plain step). One per
     loaded model (the engine keeps it), so what it learned carries over between requests.
-    Used from the engine thread only."""
+    Used from the engine thread only.
+
+    `choose` runs before every token, so it only looks up a table per match length
+    (`_Acceptance.best_k`); the table is derived again after a verification of that
+    length and, for all lengths, every REFRESH_EVERY timed forwards or when a forward
+    of a new size was first timed."""
 
     def __init__(self):
         self.costs = ForwardCosts()
         self._by_match: dict[int, _Acceptance] = {}
+        self._timed_since_refresh = 0
 
     def acceptance(self, match_length: int) -> float:
         return self._stats(match_length).rate
@@ -124,18 +151,21 @@ class AdaptiveDraftPolicy:
         """How many of `draft.tokens` (at most `k_max`) to verify; 0 for a plain step.
         `n_tokens`: tokens of the pass with the pending token but no draft; `others`: what
         the pass yields for other sequences decoding in it (0 alone)."""
-        costs = self.costs
-        if costs.estimate(1) is None:
-            return 0  # measure a plain step first
-        c_n = costs.estimate(n_tokens)
         stats = self._stats(draft.match_length)
-        best_k, best_gain = 0, MARGIN
-        for k in range(1, min(len(draft.tokens), k_max) + 1):
-            gain = (others + expected_tokens(stats.rate, k)) / (others + 1) * c_n / costs.estimate(n_tokens + k)
-            if gain > best_gain:
-                best_k, best_gain = k, gain
-        if best_k:
-            return best_k
+        limit = min(len(draft.tokens), k_max)
+        if n_tokens == 1 and not others:  # alone: the table derived for this match length
+            best = stats.best_k
+            if best is None or limit >= len(best):
+                best = stats.best_k = self._best_ks(stats.rate, max(limit, DRAFT_TABLE))
+                if best is None:
+                    return 0  # measure a plain step first
+            k = best[limit]
+        elif self.costs.estimate(1) is None:
+            return 0
+        else:
+            k = self._best_in_batch(stats.rate, limit, n_tokens, others)
+        if k:
+            return k
         stats.skipped += 1
         if stats.skipped >= stats.probe_interval:
             stats.skipped = 0
@@ -146,8 +176,38 @@ class AdaptiveDraftPolicy:
         """What verifying k tokens of `draft` yields on average, from the acceptance seen."""
         return expected_tokens(self.acceptance(draft.match_length), k)
 
+    def _best_ks(self, acceptance: float, most: int) -> list[int] | None:
+        """best[m] for m = 0..most: the k <= m maximizing E(k) c(1) / c(k+1), if above MARGIN."""
+        c1 = self.costs.estimate(1)
+        if c1 is None:
+            return None
+        best, best_k, best_gain = [0], 0, MARGIN
+        for k in range(1, most + 1):
+            gain = expected_tokens(acceptance, k) * c1 / self.costs.estimate(k + 1)
+            if gain > best_gain:
+                best_k, best_gain = k, gain
+            best.append(best_k)
+        return best
+
+    def _best_in_batch(self, acceptance: float, limit: int, n_tokens: int, others: float) -> int:
+        """The k <= limit maximizing (Y + E(k)) / (Y + 1) * c(n) / c(n+k), if above MARGIN."""
+        costs = self.costs
+        c_n = costs.estimate(n_tokens)
+        best_k, best_gain = 0, MARGIN
+        for k in range(1, limit + 1):
+            gain = (others + expected_tokens(acceptance, k)) / (others + 1) * c_n / costs.estimate(n_tokens + k)
+            if gain > best_gain:
+                best_k, best_gain = k, gain
+        return best_k
+
     def record_forward(self, n_tokens: int, seconds: float) -> None:
+        new_size = not self.costs.is_measured(n_tokens)
         self.costs.record(n_tokens, seconds)
+        self._timed_since_refresh += 1
+        if new_size or self._timed_since_refresh >= REFRESH_EVERY:
+            self._timed_since_refresh = 0
+            for stats in self._by_match.values():
+                stats.best_k = None
 
     def record_verification(self, match_length: int, k: int, accepted: int) -> None:
         """`accepted` of `k` drafted tokens were confirmed (all before the first rejection)."""
@@ -155,6 +215,7 @@ class AdaptiveDraftPolicy:
         trials = accepted + (accepted < k)
         stats.accepted = stats.accepted * FADE + accepted
         stats.trials = stats.trials * FADE + trials
+        stats.best_k = None
         if k == 1:  # probes back off while they fail and start over when one succeeds
             stats.probe_interval = PROBE_FIRST if accepted else min(PROBE_MOST, stats.probe_interval * 2)
 

@@ -1,4 +1,5 @@
-"""The prompt-lookup drafter: longest then most recent match, an index kept per token."""
+"""The prompt-lookup drafter: longest then most recent match, an index kept per token;
+a confirmed copy is followed, and a broken copy resumed near where it broke."""
 
 from __future__ import annotations
 
@@ -7,17 +8,17 @@ import random
 import pytest
 
 from localllm.speculative.drafter import Draft
-from localllm.speculative.prompt_lookup import PromptLookupDrafter
+from localllm.speculative.prompt_lookup import PromptLookupDrafter, match_class
 
 
-def rescan_proposal(tokens, k, ngram_max, ngram_min):
-    """What the drafter must propose, found the slow way: scan the whole context."""
+def rescan_lookup(tokens, ngram_max, ngram_min):
+    """What the n-gram lookup must find, the slow way: scan the whole context."""
     size = len(tokens)
     for n in range(min(ngram_max, size), ngram_min - 1, -1):
         suffix = tokens[size - n:]
         for end in range(size - 1, n - 1, -1):  # most recent first; `end` = index after the match
             if end < size and tokens[end - n:end] == suffix:
-                return Draft(tuple(tokens[end:end + k]), n)
+                return end, n
     return None
 
 
@@ -61,8 +62,7 @@ def test_matches_a_full_rescan_at_every_step(seed):
     context = [rng.randrange(vocab) for _ in range(rng.randrange(0, 30))]
     d = PromptLookupDrafter(context, ngram_max, ngram_min)
     for _ in range(120):
-        k = rng.randrange(1, 9)
-        assert d.propose(k) == rescan_proposal(context, k, ngram_max, ngram_min)
+        assert d.lookup() == rescan_lookup(context, ngram_max, ngram_min)
         token = rng.randrange(vocab)
         context.append(token)
         d.append(token)
@@ -73,3 +73,52 @@ def test_bad_ngram_lengths_are_refused():
         PromptLookupDrafter([], ngram_max=1, ngram_min=2)
     with pytest.raises(ValueError):
         PromptLookupDrafter([], ngram_max=0, ngram_min=0)
+
+
+def feed(drafter, tokens):
+    for t in tokens:
+        drafter.append(t)
+
+
+def test_a_confirmed_copy_is_followed_past_an_ambiguous_ngram():
+    # The source has "7 8" twice; the copy in progress is of the first one.
+    source = [1, 2, 7, 8, 3, 4, 5, 6, 7, 8, 9]
+    d = PromptLookupDrafter(source + [0, 1, 2], ngram_max=2)
+    assert d.propose(4) == Draft((7, 8, 3, 4), 2)
+    feed(d, [7, 8])  # the most recent "7 8" is followed by 9, the copy by 3
+    assert d.propose(3) == Draft((3, 4, 5), match_class(4))
+    feed(d, [3, 4, 5, 6, 7, 8, 9])
+    assert d.propose(2).match_length == match_class(11) == 8
+
+
+def test_a_broken_copy_resumes_just_after_the_replaced_part():
+    # "x = 0 ; y = x ;" copied with a rename (50 where the source has 2).
+    source = [10, 11, 1, 12, 13, 14, 2, 12, 1, 14, 15, 16, 12, 77, 99]
+    d = PromptLookupDrafter(source, ngram_max=3)
+    feed(d, [10, 11])
+    assert d.propose(8) == Draft((1, 12, 13, 14, 2, 12, 1, 14), 2)
+    feed(d, [50])  # the copy breaks after a run of 2: too short to resume near
+    feed(d, [12])
+    assert d.propose(2) == Draft((77, 99), 1)  # the most recent "12"
+    d = PromptLookupDrafter(source, ngram_max=3)
+    feed(d, [10, 11])
+    assert d.propose(8) == Draft((1, 12, 13, 14, 2, 12, 1, 14), 2)
+    feed(d, [1, 12, 13, 14, 50])  # a run of 6, then the rename where 2 stands (index 6)
+    feed(d, [12])
+    assert d.propose(3) == Draft((1, 14, 15), 1)  # the "12" just after the break
+
+
+def test_resuming_prefers_a_match_near_the_break_over_a_more_recent_one():
+    source = [5, 6, 7, 8, 9, 20, 21, 22, 23, 24, 25, 3, 30, 31]
+    d = PromptLookupDrafter(source + [3, 40, 0], ngram_max=2)  # "3" last seen followed by 40
+    feed(d, [5, 6, 7, 8, 9])
+    assert d.propose(3) == Draft((20, 21, 22), 2)
+    feed(d, [20, 21, 22, 23, 24])  # a long copy
+    feed(d, [77])  # broken where 25 stands (index 10)
+    feed(d, [3])
+    assert d.propose(2) == Draft((30, 31), 1)  # the "3" just past the break, not the latest
+    assert PromptLookupDrafter(source + [3, 40, 0, 77, 3]).propose(2) == Draft((40, 0), 1)
+
+
+def test_match_classes():
+    assert [match_class(n) for n in (1, 2, 3, 4, 7, 8, 15, 16, 99)] == [1, 2, 3, 4, 4, 8, 8, 16, 16]
