@@ -65,13 +65,40 @@ PASSAGE = (
     "tells the other bees the direction of the food relative to the sun, and the length of the run "
     "tells them how far away it is."
 )
+GREET = (
+    "def greet(name):\n"
+    "    message = \"Hello, \" + name + \"!\"\n"
+    "    print(message)\n"
+    "    return message\n"
+    "\n"
+    "def farewell(name):\n"
+    "    message = \"Goodbye, \" + name + \"!\"\n"
+    "    print(message)\n"
+    "    return message\n"
+)
+AREA = "def area(width, height):\n    size = width * height\n    return size\n"
+
+
+def rename_request(old: str, new: str, code: str) -> str:
+    return f"Rename `{old}` to `{new}` in this code and output all of the code.\n\n```python\n{code}```"
+
+
+# SmolLM2-135M does not do every grounded task it is asked: given `CODE` and asked to
+# rename, it rewrites the functions (a test of nothing); given a passage and asked a
+# question, it paraphrases. The grounded prompts below are ones it really follows (checked
+# by reading its replies): a rename shown once on a small example (one-shot), then asked
+# on shorter code; a question asking for the sentence that answers it, quoted.
 TASKS = [
     ("repeat paragraph", "grounded", f"Repeat the following paragraph exactly, word for word:\n\n{PARAGRAPH}"),
-    ("rename in code", "grounded",
+    ("rename in code", "grounded", [
+        Message("user", rename_request("size", "result", AREA)),
+        Message("assistant", f"```python\n{AREA.replace('size', 'result')}```"),
+        Message("user", rename_request("message", "text", GREET))]),
+    ("rename (ungrounded)", "grounded",
      f"Rename the variable subtotal to net_total in this code. Output the whole code and nothing else.\n\n{CODE}"),
     ("quote passage", "grounded",
-     f"{PASSAGE}\n\nQuoting the passage above word for word, how does the waggle dance tell bees the "
-     "direction and distance of food?"),
+     f"Read this passage:\n\n{PASSAGE}\n\nWhich sentence of the passage explains the direction and the "
+     "distance of the food? Quote it exactly."),
     ("story", "free", "Write a short story about a dragon who learns to bake bread."),
     ("open question", "free", "Why do people enjoy listening to music? Give a few reasons."),
 ]
@@ -161,9 +188,7 @@ def llama_cpp_python_worker(path: str, threads: int, prompt_lookup: bool, max_to
     from llama_cpp import Llama
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
-    from cpu_backend.llamacpp import AMX_BUILD
-
-    if AMX_BUILD:
+    if b"AMX_INT8 = 1" in low_level.llama_print_system_info():  # as cpu_backend.llamacpp.AMX_BUILD
         # Llama has no argument for it, so give it the setting our backend uses on such a
         # build (see cpu_backend/llamacpp.py: AMX weight buffers crash on batches of 2+
         # tokens): its constructor fills its model params from this function.
@@ -204,6 +229,7 @@ class LlamaCppPython:
         r = subprocess.run(self.args + [str(max_tokens)], input=json.dumps({"tokens": tokens, "stop_ids": self.stop_ids}),
                            capture_output=True, text=True)
         if r.returncode != 0:
+            print(f"    llama-cpp-python worker exited with {r.returncode}: {r.stderr.strip()[-200:]}", file=sys.stderr)
             return None  # crashed: shown as such
         result = json.loads(r.stdout.strip().splitlines()[-1])
         return self.detokenize(result["tokens"]), result["rate"], len(result["tokens"]), None
@@ -251,25 +277,27 @@ def run_tasks(path: Path, tasks, chat: bool, args) -> list[dict]:
                 row[side + " per verification"] = sum(a for a, _, _ in acc) / max(1, sum(v for _, _, v in acc))
         rows.append(row)
         print_row(row, names, header=len(rows) == 1)
+        if args.show:
+            print("    plain reply: " + plain_text[:400].replace("\n", "\n    "), flush=True)
     ours.model.close()
     return rows
 
 
 def print_row(row: dict, names: list[str], header: bool) -> None:
     if header:
-        print(f"\n{'task':<17}{'kind':<9}{'tok':>4}  " + "".join(f"{n:>28}" for n in names))
+        print(f"\n{'task':<20}{'kind':<9}{'tok':>4}  " + "".join(f"{n:>28}" for n in names))
     cells = []
     plain = row["none"] or 1.0
     for n in names:
         if row[n] is None:
-            cells.append("crashed (SIGSEGV)")
+            cells.append("crashed")
             continue
         same = "=" if row[n + " same"] else "≠"
         acc = ""
         if n + " acceptance" in row and n != "none":
             acc = f" {row[n + ' acceptance']:.0%} {row[n + ' per verification']:.1f}"
         cells.append(f"{row[n]:7.1f} {row[n] / plain:5.2f}x {same}{acc:>9}")
-    print(f"{row['task']:<17}{row['kind']:<9}{row['tokens']:>4}  " + "".join(f"{c:>28}" for c in cells), flush=True)
+    print(f"{row['task']:<20}{row['kind']:<9}{row['tokens']:>4}  " + "".join(f"{c:>28}" for c in cells), flush=True)
 
 
 def main() -> None:
@@ -279,6 +307,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto",
                     help="llama.cpp flash attention for our runs (auto: as `run` chooses it)")
+    ap.add_argument("--show", action="store_true", help="print each task's plain reply (is it grounded?)")
     ap.add_argument("--skip-1b", action="store_true")
     ap.add_argument("--skip-llama-cpp-python", action="store_true")
     ap.add_argument("--lcpp-worker", nargs=4, metavar=("MODEL", "THREADS", "LOOKUP", "MAX"), help=argparse.SUPPRESS)

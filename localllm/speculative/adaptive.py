@@ -144,7 +144,14 @@ class AdaptiveDraftPolicy:
     def _stats(self, match_length: int) -> _Acceptance:
         stats = self._by_match.get(match_length)
         if stats is None:
-            stats = self._by_match[match_length] = _Acceptance()
+            stats = _Acceptance()
+            # A longer match is right at least as often as a shorter one: a new length
+            # starts from the rate the longest shorter one learned (at the prior's
+            # weight), so a copy that grows into the next class keeps drafting.
+            shorter = [m for m in self._by_match if m < match_length]
+            if shorter:
+                stats.accepted = max(stats.accepted, self._by_match[max(shorter)].rate * stats.trials)
+            self._by_match[match_length] = stats
         return stats
 
     def choose(self, draft: Draft, k_max: int, n_tokens: int = 1, others: float = 0.0) -> int:

@@ -117,3 +117,15 @@ def test_in_a_batch_a_draft_must_pay_for_what_it_costs_the_others():
     flat = policy_with_costs({1: 1.0, 4: 2.0, 5: 2.0})
     assert flat.choose(one, 1, n_tokens=4, others=3.0) == 1
     assert flat.expected_tokens(one, 1) == pytest.approx(expected_tokens(flat.acceptance(1), 1))
+
+
+def test_a_longer_match_starts_from_what_the_shorter_one_learned():
+    policy = policy_with_costs({n: 1.0 + 0.3 * (n - 1) for n in range(1, 10)})
+    for _ in range(20):
+        policy.record_verification(3, 8, 8)
+    assert policy.acceptance(8) == pytest.approx(policy.acceptance(3))
+    assert policy.acceptance(3) > 0.9
+    assert policy.choose(Draft(DRAFT8.tokens, 8), 8) == 8  # a copy growing past 3 tokens keeps drafting
+    for _ in range(20):
+        policy.record_verification(1, 4, 0)
+    assert policy.acceptance(2) == pytest.approx(0.3)  # never below the prior
