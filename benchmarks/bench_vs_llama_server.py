@@ -4,10 +4,13 @@ HTTP (OpenAI streaming), one client, runs interleaved, medians.
 llama-server is built from the llama.cpp sources vendored in the installed
 llama-cpp-python's sdist (benchmarks/llama_server_build.py; cached in the user cache
 folder, never committed), so both run the same llama.cpp revision. llama-server keeps its
-defaults (flash attention auto) except `--parallel 4` and `--no-repack` (this VM's AMX
+defaults (flash attention auto) except `--parallel 4`, `-c` 4 x --ctx (llama-server splits
+its context between its slots: each gets --ctx, the most one localllm sequence may hold)
+and `--no-repack` (this VM's AMX
 kernels crash on batches of quantized weights; localllm's backend keeps weights out of
 those buffers for the same reason, cpu_backend/llamacpp.py AMX_BUILD); localllm runs with
-`--parallel 4` and its defaults (flash attention measured at load).
+`--parallel 4` and its defaults (flash attention measured at load; `--draft` as given, auto by
+default: `--draft none` compares the two engines alone).
 
 Per model (SmolLM2-135M Q4_1, the random 1.1B Q4_K_M from synthetic_model.py):
 - one stream: prefill tok/s (prompt tokens / time to first token) and decode tok/s
@@ -17,7 +20,7 @@ Per model (SmolLM2-135M Q4_1, the random 1.1B Q4_K_M from synthetic_model.py):
 - a 10-turn chat: each turn's time to first token (the earlier turns are cached on both).
 End tokens are banned with logit_bias so every run generates exactly max_tokens.
 
-    python benchmarks/bench_vs_llama_server.py [--repeats 5] [--threads 2] [--skip-1b]
+    python benchmarks/bench_vs_llama_server.py [--repeats 5] [--threads 2] [--skip-1b] [--draft none]
 """
 
 from __future__ import annotations
@@ -160,11 +163,12 @@ def bench_model(label: str, path: Path, args, llama_server: Path) -> list[str]:
     env = dict(os.environ, LOCALLLM_HOME=home, LOCALLLM_CONFIG=os.path.join(home, "config.toml"))
     p1, p2 = _free_port(), _free_port()
     servers = [
-        Server("llama-server", [str(llama_server), "-m", str(path), "-t", str(args.threads), "-c", str(args.ctx),
+        Server("llama-server", [str(llama_server), "-m", str(path), "-t", str(args.threads), "-c", str(4 * args.ctx),
                                 "--parallel", "4", "--port", str(p1), "--host", "127.0.0.1", "--no-webui",
                                 "--no-repack"], p1),
         Server("localllm", [sys.executable, "-m", "localllm", "serve", "--model", str(path), "--threads", str(args.threads),
-                            "--ctx-size", str(args.ctx), "--parallel", "4", "--port", str(p2)], p2, env=env),
+                            "--ctx-size", str(args.ctx), "--parallel", "4", "--port", str(p2), "--draft", args.draft],
+               p2, env=env),
     ]
     try:
         single = {s.name: [] for s in servers}
@@ -218,10 +222,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per stream")
     ap.add_argument("--prompt-words", type=int, default=300)
     ap.add_argument("--skip-1b", action="store_true")
+    ap.add_argument("--draft", default="auto", choices=["auto", "prompt-lookup", "none"],
+                    help="localllm's --draft (llama-server drafts nothing by default; 'none' compares the engines alone)")
     args = ap.parse_args()
     llama_server = ensure_llama_server(log=lambda m: print(m, file=sys.stderr))
     models = benchmark_models(not args.skip_1b)
-    print(f"threads {args.threads}, ctx {args.ctx}, {args.tokens} tokens per stream, {args.repeats} interleaved runs "
+    print(f"threads {args.threads}, ctx {args.ctx}, localllm --draft {args.draft}, {args.tokens} tokens per stream, "
+          f"{args.repeats} interleaved runs "
           f"(medians), load average {os.getloadavg()[0]:.1f}\n")
     print("| model | metric | localllm | llama-server | localllm vs llama-server |")
     print("|---|---|---|---|---|")

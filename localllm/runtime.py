@@ -8,6 +8,7 @@ backend library.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import threading
 import time
 from contextlib import contextmanager
@@ -209,6 +210,17 @@ class LoadedModel:
                 self._embeddings.close()
                 self._embeddings = None
         self.engine.close()
+        gc.unfreeze()  # this model's objects (and their cycles) are collectable again
+
+
+def settle_heap() -> None:
+    """Collect once, then move every object alive now (modules, the loaded model's
+    vocabulary and templates) out of the collector's reach (`gc.freeze`). A full
+    collection walks every tracked object with the GIL held, stalling the engine thread
+    mid-stream: ~18 ms for the server's 66,000 objects at startup on the 2-core VM, which
+    lands in the slowest inter-token gaps. Unloading a model unfreezes them again."""
+    gc.collect()
+    gc.freeze()
 
 
 def load_model(name: str, settings: Settings, *, chat_template: str | None = None, force: bool = False) -> LoadedModel:
@@ -233,6 +245,7 @@ def load_model(name: str, settings: Settings, *, chat_template: str | None = Non
     except BaseException:
         backend.close()
         raise
+    settle_heap()
     return LoadedModel(name=name, path=path, engine=engine, prompter=prompter,
                        load_s=time.perf_counter() - t0, overflow=settings.overflow, settings=settings,
                        defaults=defaults)
