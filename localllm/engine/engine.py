@@ -20,7 +20,6 @@ from localllm.engine.batching import RequestScheduler
 from localllm.engine.generate import plain_decoding
 from localllm.kvcache.overflow import check_context
 from localllm.speculative.adaptive import AdaptiveDraftPolicy
-from localllm.speculative.producer import producer_for as speculative_producer_for
 from localllm.types import GenerationChunk, GenerationRequest, GenerationStats
 
 _END = object()
@@ -125,6 +124,10 @@ class Engine:
         """The request's speculative producer (`localllm.speculative`), None (plain
         decoding) for --draft none. Its pending token and drafts ride in the shared batch
         with the other requests' tokens; "auto" weighs what drafts cost the whole batch."""
+        # Imported here: speculative/ builds on engine.generate, so importing it at the top
+        # would make `import localllm.speculative.verify` (before the engine) circular.
+        from localllm.speculative.producer import producer_for as speculative_producer_for
+
         producer = speculative_producer_for(request.draft, self.draft_policy, request.max_tokens)
         return None if producer is plain_decoding else producer
 

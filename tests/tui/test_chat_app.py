@@ -413,7 +413,7 @@ def test_a_streaming_reply_is_saved_line_by_line(make_app, isolated_home):
                 checks.append((saved, bubble.text, state))
                 return False
 
-            await wait_for(pilot, look, step=0.01)
+            await wait_for(pilot, look, timeout=100, step=0.01)  # 200 tokens, polled: slow on a busy machine
             reader.close()
 
     run(scenario())
