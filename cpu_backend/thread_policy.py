@@ -29,6 +29,8 @@ INTERVAL_S = 0.5
 # A longer gap between polls (the engine sat idle) says little about the load now:
 # start a new window and keep the current count until it has been measured.
 STALE_S = 5.0
+# /proc/stat counts in clock ticks of this many per second.
+TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,10 @@ def read_sample(we_are_niced: bool) -> CpuSample | None:
         steal = int(fields[8]) if len(fields) > 8 else 0
     except ValueError:
         return None
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     competing = user + system + irq + softirq + steal + (nice if we_are_niced else 0)
     total = competing + idle + iowait + (0 if we_are_niced else nice)
     own = os.times()
-    return CpuSample(competing / hz, total / hz, own.user + own.system, time.monotonic())
+    return CpuSample(competing / TICKS_PER_S, total / TICKS_PER_S, own.user + own.system, time.monotonic())
 
 
 def threads_for(before: CpuSample, after: CpuSample, logical_cpus: int, max_threads: int) -> int | None:
