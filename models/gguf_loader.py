@@ -1,11 +1,11 @@
 """Read a GGUF file into MLX weights: metadata plus every tensor repacked.
 
-The file is memory-mapped and never held twice: each tensor is
-repacked from the mapping, then its pages are dropped from this process's resident set
-(`madvise(MADV_DONTNEED)`; a read-only file mapping refetches from the page cache if
-touched again), and repacked arrays are written in place into MLX's buffers, so peak
-RSS while loading is the repacked weights plus one row chunk's temporaries, not the file
-plus the weights. The header is read by `localllm.formats.gguf` (`gguf.GGUFReader` makes
+The file is memory-mapped and never held twice: each tensor is repacked from the mapping
+a row chunk at a time, each chunk's pages are dropped from this process's resident set as
+soon as they are read (`madvise(MADV_DONTNEED)`; a read-only file mapping refetches from
+the page cache if touched again), and repacked arrays are written in place into MLX's
+buffers, so peak RSS while loading is the repacked weights plus one row chunk's
+temporaries, not the file plus the weights. The header is read by `localllm.formats.gguf` (`gguf.GGUFReader` makes
 a numpy object per vocabulary string: 150 MB of them for a 49k-token vocabulary).
 """
 
@@ -100,12 +100,19 @@ def load_gguf(path: str | os.PathLike, wanted=None, keep_blocks: bool | None = N
             qtype = GGMLQuantizationType(ggml_type)
             shape = tuple(int(d) for d in reversed(gguf_shape))  # GGUF lists dims innermost first
             start = data_start + offset
+            nbytes = tensor_nbytes(gguf_shape, ggml_type)
+            row_bytes = nbytes // shape[0] if shape and shape[0] else nbytes
+
+            def rows_done(lo: int, hi: int, start=start, row_bytes=row_bytes) -> None:
+                _drop_pages(mapping, start + lo * row_bytes, (hi - lo) * row_bytes)
+
             try:
-                weight = repack(_tensor_view(mapping, start, shape, qtype), qtype, shape, name, keep_blocks=keep_blocks)
+                weight = repack(_tensor_view(mapping, start, shape, qtype), qtype, shape, name,
+                                keep_blocks=keep_blocks, rows_done=rows_done)
             except UnsupportedTensorType as e:
                 raise ModelFileError(f"{path}: {e}") from None
             mx.eval(*(weight_arrays(weight) if not isinstance(weight, mx.array) else [weight]))
             out.tensors[name] = weight
             out.file_types[name] = qtype.name
-            _drop_pages(mapping, start, tensor_nbytes(gguf_shape, ggml_type))
+            _drop_pages(mapping, start, nbytes)
     return out

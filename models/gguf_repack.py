@@ -16,10 +16,15 @@ Converted, not exact:
   scale = (max-min)/15 and bias = min of the group, rounding to nearest: every weight is
   within half a step, (max-min)/30 of its group, of the GGUF value (tested).
 
-Work goes row chunk by row chunk so the transient numpy arrays stay small.
+Work goes row chunk by row chunk so the transient numpy arrays stay small, and each chunk
+of the source is handed back (`rows_done`) as soon as it is read, so a loader reading from a
+memory map can drop those pages before the next chunk (a large embedding never has its
+file bytes and its repacked copy resident at once).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import mlx.core as mx
@@ -34,6 +39,14 @@ QK_K = 256
 CHUNK_WEIGHTS = 1 << 19
 # The converted (inexact) types and the bits they are requantized to.
 CONVERTED_BITS = {T.Q2_K: 4, T.Q3_K: 4}
+
+
+# Called with (lo, hi) once source rows lo..hi-1 are read and never needed again.
+RowsDone = Callable[[int, int], None]
+
+
+def _ignore(lo: int, hi: int) -> None:
+    pass
 
 
 class UnsupportedTensorType(ValueError):
@@ -165,7 +178,17 @@ def _row_chunks(rows: int, n: int):
         yield lo, min(rows, lo + step)
 
 
-def _repack_exact(data: np.ndarray, qtype: T, n: int) -> AffineWeight:
+def _copy_rows(data: np.ndarray, dtype, rows_done: RowsDone) -> mx.array:
+    """`data` [rows, ...] copied into a new MLX array chunk by chunk."""
+    rows = data.shape[0]
+    arr, view = mlx_buffer(data.shape, dtype)
+    for lo, hi in _row_chunks(rows, data[0].size * data.itemsize // 4):
+        view[lo:hi] = data[lo:hi]
+        rows_done(lo, hi)
+    return arr
+
+
+def _repack_exact(data: np.ndarray, qtype: T, n: int, rows_done: RowsDone) -> AffineWeight:
     decode, bits, scale_dtype = DECODERS[qtype]
     block, type_size = gguf_quants.GGML_QUANT_SIZES[qtype]
     rows = data.shape[0]
@@ -175,6 +198,7 @@ def _repack_exact(data: np.ndarray, qtype: T, n: int) -> AffineWeight:
     for lo, hi in _row_chunks(rows, n):
         blocks = np.ascontiguousarray(data[lo:hi]).reshape(-1, type_size)
         q, s, b = decode(blocks)
+        rows_done(lo, hi)
         packed[lo:hi] = pack_bits(q.reshape(hi - lo, n), bits)
         scales[lo:hi] = s.reshape(hi - lo, -1)
         biases[lo:hi] = b.reshape(hi - lo, -1)
@@ -183,7 +207,7 @@ def _repack_exact(data: np.ndarray, qtype: T, n: int) -> AffineWeight:
     return AffineWeight(w, mx.array(scales), mx.array(biases), bits, GROUP)
 
 
-def _repack_q6_k(data: np.ndarray, n: int) -> SummedWeight:
+def _repack_q6_k(data: np.ndarray, n: int, rows_done: RowsDone) -> SummedWeight:
     """Two 6-bit group-32 matrices: `first` holds sub-block 0 of each group, `second`
     sub-block 1; the other half sits at the zero point (q=32, bias -32*scale)."""
     type_size = gguf_quants.GGML_QUANT_SIZES[T.Q6_K][1]
@@ -192,6 +216,7 @@ def _repack_q6_k(data: np.ndarray, n: int) -> SummedWeight:
     halves = [(view, np.empty((rows, n // GROUP), np.float32)) for _, view in buffers]
     for lo, hi in _row_chunks(rows, n):
         q, scale16 = _q6_k_parts(np.ascontiguousarray(data[lo:hi]).reshape(-1, type_size))
+        rows_done(lo, hi)
         q = q.reshape(hi - lo, n // GROUP, 2, 16)
         scale16 = scale16.reshape(hi - lo, n // GROUP, 2)
         for half, (packed, scales) in enumerate(halves):
@@ -216,7 +241,7 @@ def requantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, n
     return pack_bits(q.reshape(rows, n), bits), scale, low
 
 
-def _repack_converted(data: np.ndarray, qtype: T, n: int) -> AffineWeight:
+def _repack_converted(data: np.ndarray, qtype: T, n: int, rows_done: RowsDone) -> AffineWeight:
     bits = CONVERTED_BITS[qtype]
     rows = data.shape[0]
     w, packed = mlx_buffer((rows, n * bits // 32), np.uint32)
@@ -224,18 +249,21 @@ def _repack_converted(data: np.ndarray, qtype: T, n: int) -> AffineWeight:
     biases = np.empty((rows, n // GROUP), dtype=np.float32)
     for lo, hi in _row_chunks(rows, n):
         values = gguf_quants.dequantize(np.ascontiguousarray(data[lo:hi]), qtype).reshape(hi - lo, n)
+        rows_done(lo, hi)
         packed[lo:hi], scales[lo:hi], biases[lo:hi] = requantize(values, bits)
     return AffineWeight(w, mx.array(scales), mx.array(biases), bits, GROUP)
 
 
-def _dense(data: np.ndarray, qtype: T) -> mx.array:
+def _dense(data: np.ndarray, qtype: T, shape: tuple[int, ...], rows_done: RowsDone) -> mx.array:
     if qtype == T.F32:
-        return mx.array(np.asarray(data, dtype=np.float32))
-    if qtype == T.F16:
-        return mx.array(np.asarray(data).view(np.float16))
-    # BF16: gguf hands it out as raw uint8 bytes; reinterpret as MLX bfloat16.
-    raw = np.ascontiguousarray(data).view(np.uint16)
-    return mx.array(raw).view(mx.bfloat16)
+        values = np.asarray(data, dtype=np.float32)
+    elif qtype == T.F16:
+        values = np.asarray(data).view(np.float16)
+    else:  # BF16: gguf hands it out as raw uint8 bytes; reinterpreted as MLX bfloat16 below
+        values = np.asarray(data).view(np.uint16)
+    values = values.reshape(shape)
+    arr = _copy_rows(values, values.dtype, rows_done) if len(shape) == 2 else mx.array(values)
+    return arr.view(mx.bfloat16) if qtype == T.BF16 else arr
 
 
 SUPPORTED = frozenset([T.F32, T.F16, T.BF16, T.Q6_K, *DECODERS, *CONVERTED_BITS])
@@ -246,26 +274,27 @@ BLOCK_KERNEL_TYPES = {T.Q4_K: "q4_k", T.Q6_K: "q6_k", T.Q8_0: "q8_0"}
 
 
 def repack(data: np.ndarray, qtype: T, shape: tuple[int, ...], name: str = "",
-           keep_blocks: bool = False) -> Weight | mx.array:
+           keep_blocks: bool = False, rows_done: RowsDone = _ignore) -> Weight | mx.array:
     """One tensor: `data` as `gguf.GGUFReader` gives it (memory-mapped), `shape` in
     numpy order ([out, in] for a matrix). Vectors come back as plain arrays. With
-    `keep_blocks`, Q4_K/Q6_K/Q8_0 matrices stay in block layout (a BlockWeight)."""
+    `keep_blocks`, Q4_K/Q6_K/Q8_0 matrices stay in block layout (a BlockWeight).
+    `rows_done(lo, hi)` is told when a matrix's source rows lo..hi-1 have been read."""
     if qtype not in SUPPORTED:
         raise UnsupportedTensorType(
             f"tensor {name} is {qtype.name}, which the MLX path cannot load "
             f"(it loads {', '.join(sorted(t.name for t in SUPPORTED))}): use --backend llamacpp"
         )
     if qtype in (T.F32, T.F16, T.BF16):
-        arr = _dense(data, qtype).reshape(shape)
+        arr = _dense(data, qtype, shape, rows_done)
         return DenseWeight(arr) if len(shape) == 2 else arr
     if len(shape) != 2 or shape[1] % GROUP:
         raise UnsupportedTensorType(f"tensor {name} ({qtype.name}, shape {shape}) is not a matrix the MLX path can hold")
     rows, n = shape
     data = data.reshape(rows, -1)
     if keep_blocks and qtype in BLOCK_KERNEL_TYPES:
-        return BlockWeight(mx.array(np.ascontiguousarray(data)), BLOCK_KERNEL_TYPES[qtype], n)
+        return BlockWeight(_copy_rows(data, np.uint8, rows_done), BLOCK_KERNEL_TYPES[qtype], n)
     if qtype in DECODERS:
-        return _repack_exact(data, qtype, n)
+        return _repack_exact(data, qtype, n, rows_done)
     if qtype == T.Q6_K:
-        return _repack_q6_k(data, n)
-    return _repack_converted(data, qtype, n)
+        return _repack_q6_k(data, n, rows_done)
+    return _repack_converted(data, qtype, n, rows_done)

@@ -133,3 +133,29 @@ def test_loading_never_holds_the_file_twice():
     peak_growth, weight_bytes = map(int, out.stdout.split())
     assert weight_bytes <= 1.01 * path.stat().st_size
     assert peak_growth <= 1.15 * weight_bytes + (4 << 20), (peak_growth, weight_bytes)
+
+
+@pytest.mark.parametrize("quant,keep_blocks", [("Q4_K_M", False), ("Q4_K_M", True), ("Q3_K_M", False), ("F16", False)])
+def test_source_rows_are_handed_back_chunk_by_chunk(build_model, monkeypatch, quant, keep_blocks):
+    """Every matrix reports each of its source rows read exactly once, in several chunks
+    (the loader drops those file pages right away), and small chunks change no value."""
+    from localllm.models import gguf_repack
+
+    monkeypatch.setattr(gguf_repack, "CHUNK_WEIGHTS", 2048)
+    reader = gguf.GGUFReader(str(build_model("llama-gqa4", quant)))
+    matrices = 0
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape))
+        if len(shape) != 2:
+            continue
+        chunks = []
+        weight = repack(t.data, t.tensor_type, shape, t.name, keep_blocks=keep_blocks,
+                        rows_done=lambda lo, hi: chunks.append((lo, hi)))
+        assert chunks[0][0] == 0 and chunks[-1][1] == shape[0], (t.name, chunks[:2], chunks[-1:])
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:])), t.name
+        assert len(chunks) > 1, t.name
+        if t.tensor_type.name not in ("Q3_K", "Q2_K"):
+            ref = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
+            assert np.array_equal(np.array(weight.dequantized(), dtype=np.float32), ref), t.name
+        matrices += 1
+    assert matrices >= 7
