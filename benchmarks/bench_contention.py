@@ -8,7 +8,8 @@ thread that is not running, and decode collapses. The knobs measured:
   threads N, libgomp default   physical cores, OpenMP as it comes (before #16)
   threads 1                    no barrier at all
   N, passive                   OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep instead of spinning
-  N, spin 10k                  GOMP_SPINCOUNT=10000: a short spin, then sleep
+                               (localllm's default from #16 until the short spin replaced it)
+  N, spin 10k                  GOMP_SPINCOUNT=10000: a short spin, then sleep (localllm's default now)
   default (now)                what localllm does without flags
 Each trial is a fresh `localllm run` process (OpenMP reads its environment once, at
 load), greedy, 32 new tokens, decode tokens/s from `--stats json`. Trials of every

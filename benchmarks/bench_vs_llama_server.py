@@ -10,7 +10,9 @@ and `--no-repack` (this VM's AMX
 kernels crash on batches of quantized weights; localllm's backend keeps weights out of
 those buffers for the same reason, cpu_backend/llamacpp.py AMX_BUILD); localllm runs with
 `--parallel 4` and its defaults (flash attention measured at load; `--draft` as given, auto by
-default: `--draft none` compares the two engines alone).
+default: `--draft none` compares the two engines alone). Both start from the environment the
+bench was given: llama-server once inherited localllm's OpenMP setting from this process
+(passive waiting then), which halved its decode on 2 cores.
 
 Per model (SmolLM2-135M Q4_1, the random 1.1B Q4_K_M from synthetic_model.py):
 - one stream: prefill tok/s (prompt tokens / time to first token) and decode tok/s
@@ -37,6 +39,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# The environment as the user gave it, before this process imports localllm's CPU backend
+# (which sets OpenMP's wait policy in os.environ for llama.cpp in this process): each
+# server starts from it, so llama-server runs with its own defaults, not ours.
+USER_ENV = dict(os.environ)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_server_build import ensure_llama_server  # noqa: E402
@@ -160,12 +167,12 @@ def chat_ttfts(server: Server, run: int, bias: dict, turns: int = 10) -> list[fl
 def bench_model(label: str, path: Path, args, llama_server: Path) -> list[str]:
     bias = eos_bias(path)
     home = tempfile.mkdtemp(prefix="bench-localllm-")
-    env = dict(os.environ, LOCALLLM_HOME=home, LOCALLLM_CONFIG=os.path.join(home, "config.toml"))
+    env = dict(USER_ENV, LOCALLLM_HOME=home, LOCALLLM_CONFIG=os.path.join(home, "config.toml"))
     p1, p2 = _free_port(), _free_port()
     servers = [
         Server("llama-server", [str(llama_server), "-m", str(path), "-t", str(args.threads), "-c", str(4 * args.ctx),
                                 "--parallel", "4", "--port", str(p1), "--host", "127.0.0.1", "--no-webui",
-                                "--no-repack"], p1),
+                                "--no-repack"], p1, env=USER_ENV),
         Server("localllm", [sys.executable, "-m", "localllm", "serve", "--model", str(path), "--threads", str(args.threads),
                             "--ctx-size", str(args.ctx), "--parallel", "4", "--port", str(p2), "--draft", args.draft],
                p2, env=env),
