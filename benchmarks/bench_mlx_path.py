@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -78,18 +79,28 @@ def worker(variant: str, path: str, n_decode: int, threads: int) -> dict:
             "peak_rss": rss}
 
 
+def _status_bytes(field: str) -> int:
+    return int(re.search(field + r":\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
 def load_memory_worker(variant: str, path: str) -> float:
-    """Peak RSS growth while the weights load, over the file size."""
+    """Peak RSS growth while the model's weights load (as tests/models/test_gguf_repack.py
+    measures it), over the file size. On Linux the peak is reset first (ru_maxrss keeps
+    the peak of the process this one was forked from)."""
     import gguf.quants  # noqa: F401  (imports are not load memory)
     import mlx.core  # noqa: F401
     import localllm.formats.gguf  # noqa: F401
-    import localllm.models.architectures  # noqa: F401
-    from localllm.models.gguf_loader import load_gguf
+    from localllm.models import gguf_loader
+    from localllm.models.architectures import load_gguf_model
 
-    before = peak_rss()
-    weights = load_gguf(path, keep_blocks=VARIANTS[variant][1])
-    growth = peak_rss() - before
-    del weights
+    gguf_loader.blocks_by_default = lambda: VARIANTS[variant][1]
+    linux = Path("/proc/self/clear_refs").exists()
+    if linux:
+        Path("/proc/self/clear_refs").write_text("5")
+    before = _status_bytes("VmRSS") if linux else peak_rss()
+    model, weights = load_gguf_model(path)
+    growth = (_status_bytes("VmHWM") if linux else peak_rss()) - before
+    del model, weights
     return growth / Path(path).stat().st_size
 
 

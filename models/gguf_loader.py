@@ -90,7 +90,7 @@ def load_gguf(path: str | os.PathLike, wanted=None, keep_blocks: bool | None = N
     if keep_blocks is None:
         keep_blocks = blocks_by_default()
     path = Path(path)
-    meta, tensors = read_header(path)  # long arrays (the vocabulary) are skipped, not decoded
+    meta, tensors = read_header(path, keep_token_texts=False)  # long arrays (the vocabulary) are skipped
     data_start = meta.pop("_data_start")
     out = GGUFWeights(path, meta)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:

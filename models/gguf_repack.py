@@ -36,7 +36,7 @@ from localllm.models.weights import AffineWeight, BlockWeight, DenseWeight, Summ
 GROUP = 32
 QK_K = 256
 # Weights handled per chunk: bounds the numpy temporaries to a few MB.
-CHUNK_WEIGHTS = 1 << 19
+CHUNK_WEIGHTS = 1 << 17
 # The converted (inexact) types and the bits they are requantized to.
 CONVERTED_BITS = {T.Q2_K: 4, T.Q3_K: 4}
 
@@ -188,23 +188,38 @@ def _copy_rows(data: np.ndarray, dtype, rows_done: RowsDone) -> mx.array:
     return arr
 
 
+class _Float16Overflow(Exception):
+    """A bias does not fit a float16: the tensor is redone with float32 scales."""
+
+
 def _repack_exact(data: np.ndarray, qtype: T, n: int, rows_done: RowsDone) -> AffineWeight:
-    decode, bits, scale_dtype = DECODERS[qtype]
-    block, type_size = gguf_quants.GGML_QUANT_SIZES[qtype]
+    _, _, scale_dtype = DECODERS[qtype]
+    try:
+        return _fill_affine(data, qtype, n, scale_dtype, rows_done)
+    except _Float16Overflow:
+        return _fill_affine(data, qtype, n, np.float32, rows_done)
+
+
+def _fill_affine(data: np.ndarray, qtype: T, n: int, scale_dtype, rows_done: RowsDone) -> AffineWeight:
+    """Decode chunk by chunk straight into the MLX buffers of the weight, its scales and
+    its biases (no full-size numpy temporaries: they would outlive the tensor in a
+    fragmented heap)."""
+    decode, bits, _ = DECODERS[qtype]
+    _, type_size = gguf_quants.GGML_QUANT_SIZES[qtype]
     rows = data.shape[0]
     w, packed = mlx_buffer((rows, n * bits // 32), np.uint32)
-    scales = np.empty((rows, n // GROUP), dtype=np.float32)
-    biases = np.empty((rows, n // GROUP), dtype=np.float32)
+    scales_arr, scales = mlx_buffer((rows, n // GROUP), scale_dtype)
+    biases_arr, biases = mlx_buffer((rows, n // GROUP), scale_dtype)
     for lo, hi in _row_chunks(rows, n):
         blocks = np.ascontiguousarray(data[lo:hi]).reshape(-1, type_size)
         q, s, b = decode(blocks)
         rows_done(lo, hi)
         packed[lo:hi] = pack_bits(q.reshape(hi - lo, n), bits)
+        if scale_dtype == np.float16 and not np.isfinite(b.astype(np.float16)).all():
+            raise _Float16Overflow
         scales[lo:hi] = s.reshape(hi - lo, -1)
         biases[lo:hi] = b.reshape(hi - lo, -1)
-    if scale_dtype == np.float16 and np.isfinite(biases.astype(np.float16)).all():
-        scales, biases = scales.astype(np.float16), biases.astype(np.float16)
-    return AffineWeight(w, mx.array(scales), mx.array(biases), bits, GROUP)
+    return AffineWeight(w, scales_arr, biases_arr, bits, GROUP)
 
 
 def _repack_q6_k(data: np.ndarray, n: int, rows_done: RowsDone) -> SummedWeight:
@@ -212,21 +227,21 @@ def _repack_q6_k(data: np.ndarray, n: int, rows_done: RowsDone) -> SummedWeight:
     sub-block 1; the other half sits at the zero point (q=32, bias -32*scale)."""
     type_size = gguf_quants.GGML_QUANT_SIZES[T.Q6_K][1]
     rows = data.shape[0]
-    buffers = [mlx_buffer((rows, n * 6 // 32), np.uint32) for _ in range(2)]
-    halves = [(view, np.empty((rows, n // GROUP), np.float32)) for _, view in buffers]
+    # per half: (packed weight, scales, biases), each an (MLX array, numpy view) pair
+    halves = [tuple(mlx_buffer((rows, n * 6 // 32), np.uint32) if i == 0 else mlx_buffer((rows, n // GROUP), np.float32)
+                    for i in range(3)) for _ in range(2)]
     for lo, hi in _row_chunks(rows, n):
         q, scale16 = _q6_k_parts(np.ascontiguousarray(data[lo:hi]).reshape(-1, type_size))
         rows_done(lo, hi)
         q = q.reshape(hi - lo, n // GROUP, 2, 16)
         scale16 = scale16.reshape(hi - lo, n // GROUP, 2)
-        for half, (packed, scales) in enumerate(halves):
+        for half, ((_, packed), (_, scales), (_, biases)) in enumerate(halves):
             mine = np.full_like(q, 32)
             mine[:, :, half] = q[:, :, half]
             packed[lo:hi] = pack_bits(mine.reshape(hi - lo, n), 6)
             scales[lo:hi] = scale16[:, :, half]
-    return SummedWeight(tuple(
-        AffineWeight(w, mx.array(s), mx.array(-32 * s), 6, GROUP) for (w, _), (_, s) in zip(buffers, halves)
-    ))
+            biases[lo:hi] = -32 * scale16[:, :, half]
+    return SummedWeight(tuple(AffineWeight(w, s, b, 6, GROUP) for (w, _), (s, _), (b, _) in halves))
 
 
 def requantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -245,13 +260,13 @@ def _repack_converted(data: np.ndarray, qtype: T, n: int, rows_done: RowsDone) -
     bits = CONVERTED_BITS[qtype]
     rows = data.shape[0]
     w, packed = mlx_buffer((rows, n * bits // 32), np.uint32)
-    scales = np.empty((rows, n // GROUP), dtype=np.float32)
-    biases = np.empty((rows, n // GROUP), dtype=np.float32)
+    scales_arr, scales = mlx_buffer((rows, n // GROUP), np.float32)
+    biases_arr, biases = mlx_buffer((rows, n // GROUP), np.float32)
     for lo, hi in _row_chunks(rows, n):
         values = gguf_quants.dequantize(np.ascontiguousarray(data[lo:hi]), qtype).reshape(hi - lo, n)
         rows_done(lo, hi)
         packed[lo:hi], scales[lo:hi], biases[lo:hi] = requantize(values, bits)
-    return AffineWeight(w, mx.array(scales), mx.array(biases), bits, GROUP)
+    return AffineWeight(w, scales_arr, biases_arr, bits, GROUP)
 
 
 def _dense(data: np.ndarray, qtype: T, shape: tuple[int, ...], rows_done: RowsDone) -> mx.array:

@@ -131,18 +131,21 @@ def open_model_file(path: Path):
         raise
 
 
-def read_header(path: str | os.PathLike, keep_arrays: bool = False) -> tuple[dict, list[tuple]]:
-    """Return (metadata, tensors) where tensors are (name, shape, ggml_type, offset)."""
+def read_header(path: str | os.PathLike, keep_arrays: bool = False,
+                keep_token_texts: bool = True) -> tuple[dict, list[tuple]]:
+    """Return (metadata, tensors) where tensors are (name, shape, ggml_type, offset).
+    `keep_token_texts`: keep the vocabulary's texts for the checks (a weights loader
+    does without: tens of thousands of strings)."""
     path = Path(path)
     f, size = open_model_file(path)
     try:
         with f:
-            return _read_header(f, path, size, keep_arrays)
+            return _read_header(f, path, size, keep_arrays, keep_token_texts)
     except OSError as e:  # an I/O error while reading (a bad disk, a file that shrank)
         raise ModelFileError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
-def _read_header(f, path: Path, size: int, keep_arrays: bool) -> tuple[dict, list[tuple]]:
+def _read_header(f, path: Path, size: int, keep_arrays: bool, keep_token_texts: bool) -> tuple[dict, list[tuple]]:
     r = _Reader(f, path, size)
     magic = f.read(4)
     if magic != GGUF_MAGIC:
@@ -160,7 +163,7 @@ def _read_header(f, path: Path, size: int, keep_arrays: bool) -> tuple[dict, lis
     meta: dict = {}
     for _ in range(n_kv):
         key = r.string()
-        meta[key] = r.value(r.scalar("<I"), keep_arrays, keep_texts=key == "tokenizer.ggml.tokens")
+        meta[key] = r.value(r.scalar("<I"), keep_arrays, keep_texts=keep_token_texts and key == "tokenizer.ggml.tokens")
     tensors = []
     for _ in range(n_tensors):
         name = r.string()
