@@ -22,6 +22,13 @@ of every size are timed by whoever runs them, so c(n) is known for batched sizes
 Where drafting does not pay, a draft is still tried now and then (one token, with a
 growing interval while those probes fail) so that text that turns repetitive later (the
 model starts quoting) switches drafting back on.
+
+Drafting off costs next to nothing. When a sequence decodes alone and no match length's
+acceptance (nor the prior's) makes any draft pay, drafting is off altogether: one global
+probe interval replaces the per-length ones, and `quiet` tells the caller which steps need
+no proposal at all (the drafter's index catches up when the next one is asked for). On a
+model as small as stories260K a step takes ~300 us, and looking for a match, choosing and
+indexing every step cost ~8% of decode speed.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ ACCEPTANCE_PRIOR = (0.6, 2.0)  # (accepted, trials) before any outcome: a = 0.3
 FADE = 0.9  # weight left to older outcomes after each verification of that match length
 MARGIN = 1.05  # draft only where the expected speed-up beats noise
 PROBE_FIRST, PROBE_MOST = 4, 64  # drafts skipped between probes, first and at most
+PROBE_SHARE = 0.01  # while all is off, probes may cost about this share of decode time
 REFRESH_EVERY = 32  # timed forwards between re-derivations of the draft-length choices
 DRAFT_TABLE = 16  # draft lengths the choices are first derived for
 
@@ -137,6 +145,12 @@ class AdaptiveDraftPolicy:
         self.costs = ForwardCosts()
         self._by_match: dict[int, _Acceptance] = {}
         self._timed_since_refresh = 0
+        # Whether no draft pays alone for any match length (None: derive again).
+        self._off: bool | None = None
+        self._k_most = DRAFT_TABLE  # the largest draft length asked about
+        # While off: the steps left before the next probe, and the interval between probes.
+        self._quiet_left = PROBE_FIRST - 1
+        self._probe_gap = PROBE_FIRST
 
     def acceptance(self, match_length: int) -> float:
         return self._stats(match_length).rate
@@ -158,8 +172,17 @@ class AdaptiveDraftPolicy:
         """How many of `draft.tokens` (at most `k_max`) to verify; 0 for a plain step.
         `n_tokens`: tokens of the pass with the pending token but no draft; `others`: what
         the pass yields for other sequences decoding in it (0 alone)."""
-        stats = self._stats(draft.match_length)
         limit = min(len(draft.tokens), k_max)
+        if n_tokens == 1 and not others:
+            if k_max > self._k_most:
+                self._k_most, self._off = k_max, None
+            if self.is_off():  # off: a one-token probe every `_probe_gap` steps
+                if self._quiet_left:
+                    self._quiet_left -= 1
+                    return 0
+                self._quiet_left = self._probe_gap - 1
+                return 1
+        stats = self._stats(draft.match_length)
         if n_tokens == 1 and not others:  # alone: the table derived for this match length
             best = stats.best_k
             if best is None or limit >= len(best):
@@ -178,6 +201,36 @@ class AdaptiveDraftPolicy:
             stats.skipped = 0
             return 1
         return 0
+
+    def is_off(self) -> bool:
+        """Whether, decoding alone, no draft of any length pays at the best acceptance
+        any match length learned (a new length starts from at most that, or the prior).
+        False until a plain step was timed."""
+        off = self._off
+        if off is None:
+            rate = max([stats.rate for stats in self._by_match.values()], default=0.0)
+            best = self._best_ks(max(rate, ACCEPTANCE_PRIOR[0] / ACCEPTANCE_PRIOR[1]), self._k_most)
+            if best is None:
+                return False
+            off = self._off = best[-1] == 0
+            if not off:  # when all is off again, probing starts over
+                self._probe_gap = PROBE_FIRST
+        return off
+
+    def _probe_most(self) -> int:
+        """The longest interval between probes while off."""
+        ratio = self.costs.ratio(2)
+        if ratio is None:
+            return PROBE_MOST
+        return max(PROBE_MOST, min(4 * PROBE_MOST, int((ratio - 1.0) / PROBE_SHARE)))
+
+    def quiet(self) -> bool:
+        """For a sequence decoding alone, before its step: True when this step needs no
+        proposal (drafting is off and no probe is due), counted as a step without a draft."""
+        if self._quiet_left and (self._off or (self._off is None and self.is_off())):
+            self._quiet_left -= 1
+            return True
+        return False
 
     def expected_tokens(self, draft: Draft, k: int) -> float:
         """What verifying k tokens of `draft` yields on average, from the acceptance seen."""
@@ -213,6 +266,7 @@ class AdaptiveDraftPolicy:
         self._timed_since_refresh += 1
         if new_size or self._timed_since_refresh >= REFRESH_EVERY:
             self._timed_since_refresh = 0
+            self._off = None
             for stats in self._by_match.values():
                 stats.best_k = None
 
@@ -223,8 +277,17 @@ class AdaptiveDraftPolicy:
         stats.accepted = stats.accepted * FADE + accepted
         stats.trials = stats.trials * FADE + trials
         stats.best_k = None
+        self._off = None
         if k == 1:  # probes back off while they fail and start over when one succeeds
             stats.probe_interval = PROBE_FIRST if accepted else min(PROBE_MOST, stats.probe_interval * 2)
+            # While all is off, a success turns drafting on only through the acceptance it
+            # raises, so the global interval stays as it is on a success (where drafts
+            # are right half the time, as in free text on a tiny vocabulary, probes
+            # still become rare) and doubles on a failure, up to where probes cost about
+            # PROBE_SHARE of the time (a probe costs c(2) - c(1): on stories260K a step).
+            if not accepted:
+                self._probe_gap = min(self._probe_most(), self._probe_gap * 2)
+            self._quiet_left = self._probe_gap - 1
 
 
 class AlwaysDraftPolicy:
@@ -236,6 +299,16 @@ class AlwaysDraftPolicy:
 
     def choose(self, draft: Draft, k_max: int, n_tokens: int = 1, others: float = 0.0) -> int:
         return min(len(draft.tokens), k_max)
+
+    def _probe_most(self) -> int:
+        """The longest interval between probes while off."""
+        ratio = self.costs.ratio(2)
+        if ratio is None:
+            return PROBE_MOST
+        return max(PROBE_MOST, min(4 * PROBE_MOST, int((ratio - 1.0) / PROBE_SHARE)))
+
+    def quiet(self) -> bool:
+        return False
 
     def expected_tokens(self, draft: Draft, k: int) -> float:
         return self.learner.expected_tokens(draft, k)

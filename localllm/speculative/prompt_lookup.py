@@ -20,10 +20,13 @@ Two refinements for text that copies with changes (a rename, an edit, a quote):
   more recent or longer one elsewhere.
 
 The index maps every n-gram of the context to where it occurred (the positions just past
-it, oldest first); `append` adds the n-grams ending at the newly confirmed token's
-predecessor (those now have a continuation), so each token costs `ngram_max - ngram_min
+it, oldest first); each confirmed token adds the n-grams ending at its predecessor
+(those now have a continuation), so each token costs `ngram_max - ngram_min
 + 1` dictionary updates and a proposal costs at most twice as many lookups (plus a
-binary search while re-anchoring): nothing rescans the context per step.
+binary search while re-anchoring): nothing rescans the context per step. The index is
+brought up to date when a proposal is asked for, over the tokens appended since the last
+one, so the prompt is indexed only if something is ever proposed, and steps in which the
+adaptive policy drafts nothing cost no indexing.
 """
 
 from __future__ import annotations
@@ -67,31 +70,42 @@ class PromptLookupDrafter:
         self._run = 0  # context tokens that agree with the source before `_follow`
         self._resume: int | None = None  # source index where the last long copy broke
         self._resume_until = 0  # context length after which the break no longer counts
-        for token in context:
-            self.append(token)
+        self.tokens.extend(context)
+        self._indexed = 0  # tokens[:_indexed] are in the index and the copy state
 
     def append(self, token: int) -> None:
-        tokens = self.tokens
-        end = len(tokens)  # the n-grams ending here now get `token` as their continuation
-        ends = self._ends
-        for n in range(self.ngram_min, min(self.ngram_max, end) + 1):
-            key = tuple(tokens[end - n:end])
-            found = ends.get(key)
-            if found is None:
-                ends[key] = [end]
-            else:
-                found.append(end)
-        follow = self._follow
-        if follow is not None:
-            if tokens[follow] == token:
-                self._follow, self._run = follow + 1, self._run + 1
-            else:
-                if self._run >= RESUME_MIN_RUN:
-                    self._resume, self._resume_until = follow, end + RESUME_SPAN
-                self._follow, self._run = None, 0
-        tokens.append(token)
+        """Only stores the token: the index and the copy state catch up when a proposal
+        needs them (`_catch_up`), so steps that propose nothing (the adaptive policy has
+        drafting off) cost a list append."""
+        self.tokens.append(token)
+
+    def _catch_up(self) -> None:
+        """Index the tokens appended since the last proposal and follow the copy state
+        through them, exactly as if each had been indexed when it came."""
+        tokens, ends = self.tokens, self._ends
+        ngram_min, ngram_max = self.ngram_min, self.ngram_max
+        for end in range(self._indexed, len(tokens)):
+            # The n-grams ending at `end` now get tokens[end] as their continuation.
+            for n in range(ngram_min, min(ngram_max, end) + 1):
+                key = tuple(tokens[end - n:end])
+                found = ends.get(key)
+                if found is None:
+                    ends[key] = [end]
+                else:
+                    found.append(end)
+            follow = self._follow
+            if follow is not None:
+                if tokens[follow] == tokens[end]:
+                    self._follow, self._run = follow + 1, self._run + 1
+                else:
+                    if self._run >= RESUME_MIN_RUN:
+                        self._resume, self._resume_until = follow, end + RESUME_SPAN
+                    self._follow, self._run = None, 0
+        self._indexed = len(tokens)
 
     def propose(self, k: int) -> Draft | None:
+        if self._indexed < len(self.tokens):
+            self._catch_up()
         tokens, size = self.tokens, len(self.tokens)
         follow = self._follow
         if follow is not None and self._run >= self.ngram_max:
@@ -110,6 +124,8 @@ class PromptLookupDrafter:
     def lookup(self) -> tuple[int, int] | None:
         """(where the continuation starts, n) for the longest n-gram ending the context
         that occurred before, at its most recent occurrence; None without a match."""
+        if self._indexed < len(self.tokens):
+            self._catch_up()
         tokens, size = self.tokens, len(self.tokens)
         for n in range(min(self.ngram_max, size), self.ngram_min - 1, -1):
             ends = self._ends.get(tuple(tokens[size - n:]))

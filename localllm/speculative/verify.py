@@ -114,6 +114,9 @@ class DraftingSteps:
         tokens this pass is expected to yield). `n_tokens`: tokens of the pass counting
         this pending one but no draft of it; `others`: tokens the pass yields for other
         sequences; `room`: how many more tokens the pass takes."""
+        if n_tokens == 1 and not others and self.policy.quiet():  # drafting is off: nothing to look up
+            self._draft, self._drafted = None, ()
+            return (self.pending,), 1.0
         base = len(self.cache.tokens)  # == len(history) - 1: all but the pending token
         # Room for the pending token and k drafts in the context, and no draft the
         # consumer could not take (the last draft's successor comes free).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localllm.speculative.adaptive import (
-    PROBE_FIRST, PROBE_MOST, AdaptiveDraftPolicy, ForwardCosts, expected_tokens,
+    PROBE_FIRST, PROBE_MOST, PROBE_SHARE, AdaptiveDraftPolicy, ForwardCosts, expected_tokens,
 )
 from localllm.speculative.drafter import Draft
 
@@ -129,3 +129,33 @@ def test_a_longer_match_starts_from_what_the_shorter_one_learned():
     for _ in range(20):
         policy.record_verification(1, 4, 0)
     assert policy.acceptance(2) == pytest.approx(0.3)  # never below the prior
+
+
+def test_all_off_steps_skip_proposals_until_a_probe_whose_interval_grows_with_its_cost():
+    """Where no match length's acceptance makes a draft pay, `quiet` says which steps need
+    no proposal; the probes between them back off on failures, up to where they cost
+    about PROBE_SHARE of the time, and a success does not bring them back quickly."""
+    policy = policy_with_costs({1: 1.0, 2: 2.0, 3: 3.0, 5: 5.0, 9: 9.0})  # a probe costs a whole step
+    assert policy.is_off()
+    quiet = [policy.quiet() for _ in range(PROBE_FIRST)]
+    assert quiet == [True] * (PROBE_FIRST - 1) + [False]  # the last one proposes: a probe
+    assert policy.choose(DRAFT8, 8) == 1
+    gaps = []
+    for _ in range(10):
+        policy.record_verification(3, 1, 0)
+        gaps.append(policy._probe_gap)
+    assert gaps[0] == 2 * PROBE_FIRST and gaps[-1] == int(1.0 / PROBE_SHARE) > PROBE_MOST
+    policy.record_verification(3, 1, 1)
+    assert policy._probe_gap == gaps[-1]
+    skipped = 0
+    while policy.quiet():
+        skipped += 1
+    assert skipped == gaps[-1] - 1
+
+
+def test_quiet_only_while_all_is_off():
+    policy = policy_with_costs({n: 1.0 + 0.3 * (n - 1) for n in range(1, 10)})
+    for _ in range(5):
+        policy.record_verification(8, 8, 8)  # long copies pay
+    assert not policy.is_off()
+    assert not any(policy.quiet() for _ in range(10))

@@ -122,3 +122,21 @@ def test_resuming_prefers_a_match_near_the_break_over_a_more_recent_one():
 
 def test_match_classes():
     assert [match_class(n) for n in (1, 2, 3, 4, 7, 8, 15, 16, 99)] == [1, 2, 3, 4, 4, 8, 8, 16, 16]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_catching_up_in_one_batch_equals_indexing_every_token(seed):
+    """Tokens appended while nothing is proposed (drafting off) are indexed at the next
+    proposal, with the same outcome (proposals, copy state) as indexing each one at once."""
+    rng = random.Random(seed)
+    source = [rng.randrange(6) for _ in range(40)]
+    eager, lazy = PromptLookupDrafter(source, 3), PromptLookupDrafter(source, 3)
+    for step in range(300):
+        token = source[step % 40] if rng.random() < 0.8 else rng.randrange(6)  # a copy with breaks
+        if rng.random() < 0.2:  # both are asked now and then
+            assert lazy.propose(4) == eager.propose(4)
+        eager.append(token)
+        eager._catch_up()
+        lazy.append(token)
+    assert lazy.propose(4) == eager.propose(4)
+    assert lazy._ends == eager._ends
