@@ -77,7 +77,12 @@ class Server:
         self.name, self.port = name, port
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+        # A fresh connection per request, for both servers alike: llama-server (cpp-httplib)
+        # closes a kept-alive connection after 100 requests or 5 idle seconds, and a request
+        # sent on it as it closes failed the 9-round run ("Server disconnected without
+        # sending a response"). Connecting to localhost costs well under a millisecond.
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600,
+                                   limits=httpx.Limits(max_keepalive_connections=0))
         deadline = time.time() + 600
         while time.time() < deadline:
             if self.proc.poll() is not None:
