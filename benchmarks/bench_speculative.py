@@ -17,7 +17,7 @@ Everything runs with one llama.cpp thread by default: on a machine that others s
 two threads wait on each other at every barrier and the timings mean nothing.
 
     python benchmarks/bench_speculative.py [--repeats 3] [--max-tokens 128] [--threads 1]
-        [--skip-1b] [--skip-llama-cpp-python]
+        [--skip-1b] [--skip-llama-cpp-python] [--models smollm,stories]
 """
 
 from __future__ import annotations
@@ -65,6 +65,27 @@ PASSAGE = (
     "tells the other bees the direction of the food relative to the sun, and the length of the run "
     "tells them how far away it is."
 )
+# A three-paragraph document to answer from by quoting: one-shot on `DOCUMENT_EXAMPLE`
+# (the fox question answered with the fox paragraph), then the bee question on `DOCUMENT`.
+FOX = (
+    "Red foxes live on every continent of the northern hemisphere. They hunt mostly at night and eat "
+    "small rodents, birds and fruit. In winter a fox can hear a mouse moving under a metre of snow, "
+    "and it catches it by jumping high and diving head first into the snow."
+)
+OWL = (
+    "Owls can turn their heads about three quarters of the way around. Their eyes cannot move in their "
+    "sockets, so the whole head turns instead. Special blood vessels in the neck keep the brain supplied "
+    "with blood while the head is twisted."
+)
+BEES = (
+    "Honey bees communicate through a series of movements called the waggle dance. A forager that has "
+    "found flowers returns to the hive and walks in a figure of eight on the honeycomb. The angle of the "
+    "straight run tells the other bees the direction of the food relative to the sun, and the length of the "
+    "run tells them how far away it is. The other bees follow the dancer closely, then fly out to the flowers "
+    "on their own."
+)
+DOCUMENT_EXAMPLE = f"{OWL}\n\n{PARAGRAPH}\n\n{FOX}"
+DOCUMENT = f"{PARAGRAPH}\n\n{BEES}\n\n{FOX}"
 GREET = (
     "def greet(name):\n"
     "    message = \"Hello, \" + name + \"!\"\n"
@@ -83,11 +104,20 @@ def rename_request(old: str, new: str, code: str) -> str:
     return f"Rename `{old}` to `{new}` in this code and output all of the code.\n\n```python\n{code}```"
 
 
+def quote_request(document: str, question: str) -> str:
+    return (f"Document:\n\n{document}\n\nQuestion: {question}\n"
+            "Answer by quoting the paragraph of the document that answers it, word for word.")
+
+
 # SmolLM2-135M does not do every grounded task it is asked: given `CODE` and asked to
 # rename, it rewrites the functions (a test of nothing); given a passage and asked a
-# question, it paraphrases. The grounded prompts below are ones it really follows (checked
-# by reading its replies): a rename shown once on a small example (one-shot), then asked
-# on shorter code; a question asking for the sentence that answers it, quoted.
+# question, it paraphrases, even when asked to quote the sentence that answers it (it
+# opens with its own words and copies only some of the sentence). The grounded prompts
+# below are ones it really follows (checked by reading its replies with --show): a rename
+# shown once on a small example (one-shot), then asked on shorter code; a question about a
+# three-paragraph document answered by quoting the paragraph that answers it, shown once
+# on another document (it quotes the bee paragraph, dropping only "Honey" and the "of" of
+# "figure of eight"). The prompts it does not follow stay in the table, labelled so.
 TASKS = [
     ("repeat paragraph", "grounded", f"Repeat the following paragraph exactly, word for word:\n\n{PARAGRAPH}"),
     ("rename in code", "grounded", [
@@ -96,7 +126,11 @@ TASKS = [
         Message("user", rename_request("message", "text", GREET))]),
     ("rename (ungrounded)", "grounded",
      f"Rename the variable subtotal to net_total in this code. Output the whole code and nothing else.\n\n{CODE}"),
-    ("quote passage", "grounded",
+    ("quote passage", "grounded", [
+        Message("user", quote_request(DOCUMENT_EXAMPLE, "How does a fox catch a mouse in winter?")),
+        Message("assistant", FOX),
+        Message("user", quote_request(DOCUMENT, "How do bees tell each other where food is?"))]),
+    ("quote (paraphrased)", "grounded",
      f"Read this passage:\n\n{PASSAGE}\n\nWhich sentence of the passage explains the direction and the "
      "distance of the food? Quote it exactly."),
     ("story", "free", "Write a short story about a dragon who learns to bake bread."),
@@ -309,6 +343,7 @@ def main() -> None:
                     help="llama.cpp flash attention for our runs (auto: as `run` chooses it)")
     ap.add_argument("--show", action="store_true", help="print each task's plain reply (is it grounded?)")
     ap.add_argument("--skip-1b", action="store_true")
+    ap.add_argument("--models", default="smollm,stories", help="whose task table to run: smollm, stories or both")
     ap.add_argument("--skip-llama-cpp-python", action="store_true")
     ap.add_argument("--lcpp-worker", nargs=4, metavar=("MODEL", "THREADS", "LOOKUP", "MAX"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -320,7 +355,7 @@ def main() -> None:
     global FLASH_ATTN
     FLASH_ATTN = args.flash_attn
     print(f"forward of n tokens against 1 token (all logits; medians; {args.threads} thread(s))")
-    models = [("SmolLM2-135M Q4_1", SMOLLM)]
+    models = [("stories260K F32", STORIES), ("SmolLM2-135M Q4_1", SMOLLM)]
     if not args.skip_1b:
         models.append(("llama 1.1B Q4_K_M", cached_model(LLAMA_1B, "Q4_K_M")))
     for label, path in models:
@@ -331,10 +366,12 @@ def main() -> None:
 
     legend = (f"up to {args.max_tokens} tokens, median of {args.repeats}; ratio to ours with --draft none; "
               "'=' same text as ours plain; % drafted tokens accepted, accepted tokens per verification")
-    print(f"\ndecode tokens/s, greedy, SmolLM2-135M Q4_1 (chat template), {legend}")
-    run_tasks(SMOLLM, TASKS, True, args)
-    print(f"\ndecode tokens/s, greedy, stories260K (continuation), {legend}")
-    run_tasks(STORIES, STORY_TASKS, False, args)
+    if "smollm" in args.models:
+        print(f"\ndecode tokens/s, greedy, SmolLM2-135M Q4_1 (chat template), {legend}")
+        run_tasks(SMOLLM, TASKS, True, args)
+    if "stories" in args.models:
+        print(f"\ndecode tokens/s, greedy, stories260K (continuation), {legend}")
+        run_tasks(STORIES, STORY_TASKS, False, args)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ ACCEPTANCE_PRIOR = (0.6, 2.0)  # (accepted, trials) before any outcome: a = 0.3
 FADE = 0.9  # weight left to older outcomes after each verification of that match length
 MARGIN = 1.05  # draft only where the expected speed-up beats noise
 PROBE_FIRST, PROBE_MOST = 4, 64  # drafts skipped between probes, first and at most
-PROBE_SHARE = 0.01  # while all is off, probes may cost about this share of decode time
+PROBE_SHARE = 0.01  # failing probes may cost about this share of decode time
 REFRESH_EVERY = 32  # timed forwards between re-derivations of the draft-length choices
 DRAFT_TABLE = 16  # draft lengths the choices are first derived for
 
@@ -213,12 +213,11 @@ class AdaptiveDraftPolicy:
             if best is None:
                 return False
             off = self._off = best[-1] == 0
-            if not off:  # when all is off again, probing starts over
-                self._probe_gap = PROBE_FIRST
         return off
 
     def _probe_most(self) -> int:
-        """The longest interval between probes while off."""
+        """The longest interval between probes: PROBE_MOST, or more where a probe costs
+        so much that PROBE_MOST would spend over PROBE_SHARE of the time on them."""
         ratio = self.costs.ratio(2)
         if ratio is None:
             return PROBE_MOST
@@ -278,15 +277,17 @@ class AdaptiveDraftPolicy:
         stats.trials = stats.trials * FADE + trials
         stats.best_k = None
         self._off = None
-        if k == 1:  # probes back off while they fail and start over when one succeeds
-            stats.probe_interval = PROBE_FIRST if accepted else min(PROBE_MOST, stats.probe_interval * 2)
-            # While all is off, a success turns drafting on only through the acceptance it
-            # raises, so the global interval stays as it is on a success (where drafts
-            # are right half the time, as in free text on a tiny vocabulary, probes
-            # still become rare) and doubles on a failure, up to where probes cost about
-            # PROBE_SHARE of the time (a probe costs c(2) - c(1): on stories260K a step).
+        if k == 1:
+            # Probes back off while they fail, up to where they cost about PROBE_SHARE of
+            # the time (a probe costs c(2) - c(1): on stories260K a whole step). A success
+            # turns drafting on only through the acceptance it raises, so it leaves the
+            # interval as it is: where drafts are right half the time (free text on a tiny
+            # vocabulary) probes still become rare. Per match length and, while all is
+            # off, the one interval that applies then.
             if not accepted:
-                self._probe_gap = min(self._probe_most(), self._probe_gap * 2)
+                most = self._probe_most()
+                stats.probe_interval = min(most, stats.probe_interval * 2)
+                self._probe_gap = min(most, self._probe_gap * 2)
             self._quiet_left = self._probe_gap - 1
 
 
@@ -299,13 +300,6 @@ class AlwaysDraftPolicy:
 
     def choose(self, draft: Draft, k_max: int, n_tokens: int = 1, others: float = 0.0) -> int:
         return min(len(draft.tokens), k_max)
-
-    def _probe_most(self) -> int:
-        """The longest interval between probes while off."""
-        ratio = self.costs.ratio(2)
-        if ratio is None:
-            return PROBE_MOST
-        return max(PROBE_MOST, min(4 * PROBE_MOST, int((ratio - 1.0) / PROBE_SHARE)))
 
     def quiet(self) -> bool:
         return False
