@@ -5,8 +5,9 @@ a row chunk at a time, each chunk's pages are dropped from this process's reside
 soon as they are read (`madvise(MADV_DONTNEED)`; a read-only file mapping refetches from
 the page cache if touched again), and repacked arrays are written in place into MLX's
 buffers, so peak RSS while loading is the repacked weights plus one row chunk's
-temporaries, not the file plus the weights. The header is read by `localllm.formats.gguf` (`gguf.GGUFReader` makes
-a numpy object per vocabulary string: 150 MB of them for a 49k-token vocabulary).
+temporaries, not the file plus the weights. The header is read by `localllm.formats.gguf`
+(`gguf.GGUFReader` makes a numpy object per vocabulary string: 150 MB of them for a
+49k-token vocabulary).
 """
 
 from __future__ import annotations

@@ -178,11 +178,11 @@ def _row_chunks(rows: int, n: int):
         yield lo, min(rows, lo + step)
 
 
-def _copy_rows(data: np.ndarray, dtype, rows_done: RowsDone) -> mx.array:
+def _copy_rows(data: np.ndarray, rows_done: RowsDone) -> mx.array:
     """`data` [rows, ...] copied into a new MLX array chunk by chunk."""
     rows = data.shape[0]
-    arr, view = mlx_buffer(data.shape, dtype)
-    for lo, hi in _row_chunks(rows, data[0].size * data.itemsize // 4):
+    arr, view = mlx_buffer(data.shape, data.dtype)
+    for lo, hi in _row_chunks(rows, data[0].size):
         view[lo:hi] = data[lo:hi]
         rows_done(lo, hi)
     return arr
@@ -215,7 +215,8 @@ def _fill_affine(data: np.ndarray, qtype: T, n: int, scale_dtype, rows_done: Row
         q, s, b = decode(blocks)
         rows_done(lo, hi)
         packed[lo:hi] = pack_bits(q.reshape(hi - lo, n), bits)
-        if scale_dtype == np.float16 and not np.isfinite(b.astype(np.float16)).all():
+        s, b = s.astype(scale_dtype, copy=False), b.astype(scale_dtype, copy=False)
+        if scale_dtype == np.float16 and not np.isfinite(b).all():
             raise _Float16Overflow
         scales[lo:hi] = s.reshape(hi - lo, -1)
         biases[lo:hi] = b.reshape(hi - lo, -1)
@@ -227,9 +228,11 @@ def _repack_q6_k(data: np.ndarray, n: int, rows_done: RowsDone) -> SummedWeight:
     sub-block 1; the other half sits at the zero point (q=32, bias -32*scale)."""
     type_size = gguf_quants.GGML_QUANT_SIZES[T.Q6_K][1]
     rows = data.shape[0]
-    # per half: (packed weight, scales, biases), each an (MLX array, numpy view) pair
-    halves = [tuple(mlx_buffer((rows, n * 6 // 32), np.uint32) if i == 0 else mlx_buffer((rows, n // GROUP), np.float32)
-                    for i in range(3)) for _ in range(2)]
+    def half():  # (packed weight, scales, biases), each an (MLX array, numpy view) pair
+        groups = (rows, n // GROUP)
+        return mlx_buffer((rows, n * 6 // 32), np.uint32), mlx_buffer(groups, np.float32), mlx_buffer(groups, np.float32)
+
+    halves = [half(), half()]
     for lo, hi in _row_chunks(rows, n):
         q, scale16 = _q6_k_parts(np.ascontiguousarray(data[lo:hi]).reshape(-1, type_size))
         rows_done(lo, hi)
@@ -277,7 +280,7 @@ def _dense(data: np.ndarray, qtype: T, shape: tuple[int, ...], rows_done: RowsDo
     else:  # BF16: gguf hands it out as raw uint8 bytes; reinterpreted as MLX bfloat16 below
         values = np.asarray(data).view(np.uint16)
     values = values.reshape(shape)
-    arr = _copy_rows(values, values.dtype, rows_done) if len(shape) == 2 else mx.array(values)
+    arr = _copy_rows(values, rows_done) if len(shape) == 2 else mx.array(values)
     return arr.view(mx.bfloat16) if qtype == T.BF16 else arr
 
 
@@ -307,7 +310,7 @@ def repack(data: np.ndarray, qtype: T, shape: tuple[int, ...], name: str = "",
     rows, n = shape
     data = data.reshape(rows, -1)
     if keep_blocks and qtype in BLOCK_KERNEL_TYPES:
-        return BlockWeight(_copy_rows(data, np.uint8, rows_done), BLOCK_KERNEL_TYPES[qtype], n)
+        return BlockWeight(_copy_rows(data, rows_done), BLOCK_KERNEL_TYPES[qtype], n)
     if qtype in DECODERS:
         return _repack_exact(data, qtype, n, rows_done)
     if qtype == T.Q6_K:
