@@ -47,6 +47,8 @@ class Faults:
     stalls: int = 0  # ...this many times
     corrupt_at: int | None = None  # flip this byte of every LFS file served
     delay_s: float = 0.0  # sleep after each chunk
+    hold_at: int | None = None  # or pause there until `release` is set (then go on)
+    release: threading.Event = field(default_factory=threading.Event)
     chunk: int = 16 << 10
     ignore_range: bool = False
 
@@ -251,6 +253,14 @@ def _make_handler(hub: FakeHub):
                     faults.stalls -= 1
                     time.sleep(faults.stall_s)
                     return self._cut()
+                if faults.hold_at is not None and pos <= faults.hold_at < end:
+                    self.wfile.write(data[pos:faults.hold_at])
+                    self.wfile.flush()
+                    req.body_bytes += faults.hold_at - pos
+                    pos = faults.hold_at
+                    faults.release.wait(60)
+                    faults.hold_at = None
+                    continue
                 self.wfile.write(data[pos:end])
                 self.wfile.flush()
                 req.body_bytes += end - pos

@@ -23,7 +23,7 @@ def hub(stories_path, isolated_home, monkeypatch):
 
     server = FakeHub().start()
     server.add_repo(REPO, {"stories260K-Q8_0.gguf": stories_path.read_bytes(), "README.md": b"# test\n"})
-    server.faults.delay_s = 0.01  # about a second for the whole file: progress has time to show
+    server.faults.delay_s = 0.005
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(key, raising=False)
@@ -51,13 +51,23 @@ def test_missing_model_is_pulled_with_progress_then_chats(make_app, hub, isolate
     name = f"hf.co/{REPO}"
     app = make_app(model=name, list_models=list_models)
     seen = []
+    # The hub pauses half-way through the file until the test has seen the bar there:
+    # pilot.press waits for the app to go idle, which a fast download could outlast.
+    hub.faults.hold_at = len(hub.repos[REPO].files["stories260K-Q8_0.gguf"]) // 2
+    look = progress_watcher(app, seen)
+
+    def loaded_releasing_the_hub_at_half():
+        done = look()
+        if any(s[0] and s[2] and 0 < s[1] < s[2] for s in seen):
+            hub.faults.release.set()
+        return done
 
     async def scenario():
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_screen(pilot, ConfirmDialog)
             assert "not pulled yet" in screen_text(app)
             await pilot.press("y")
-            await wait_for(pilot, progress_watcher(app, seen), timeout=60, step=0.01)
+            await wait_for(pilot, loaded_releasing_the_hub_at_half, timeout=60, step=0.01)
             await wait_loaded(pilot)
             assert app.model_name == f"{name}:Q8_0"
             await send(pilot, "Once upon a time")
