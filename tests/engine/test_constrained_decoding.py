@@ -56,17 +56,18 @@ SCHEMAS = {
 }
 
 
-def _settings(ctx: int):
+def _settings(ctx: int, parallel: int = 1):
     from localllm.config import Settings
 
-    return Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=ctx, threads=1)
+    return Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=ctx, threads=1, parallel=parallel)
 
 
 @pytest.fixture(scope="module")
 def smollm(smollm_path):
     from localllm.backend.select import load_backend
 
-    with Engine(load_backend(str(smollm_path), _settings(1024))) as engine:
+    # Four sequences decode together: the seeded runs below are submitted at once.
+    with Engine(load_backend(str(smollm_path), _settings(1024, parallel=4)), parallel=4) as engine:
         yield engine
 
 
@@ -85,9 +86,12 @@ def _seeds_validate(engine, name, seeds):
     schema = SCHEMAS[name]
     prompt = _chat(engine, f"Describe a {name} record as JSON.")
     constraint = OutputConstraint("json_schema", json.dumps(schema))
-    for seed in seeds:
-        text, finish = _run(engine, prompt, constraint, temperature=1.0, seed=seed, top_k=0, top_p=1.0, min_p=0.0)
-        assert finish == "stop", (seed, text)
+    # All seeds at once: the engine decodes them in one batch, each with its own mask.
+    handles = [engine.submit(GenerationRequest(prompt, SamplingParams(temperature=1.0, seed=seed, top_k=0, top_p=1.0, min_p=0.0),
+                                               max_tokens=300, constraint=constraint)) for seed in seeds]
+    for seed, handle in zip(seeds, handles):
+        text = handle.text()
+        assert handle.finish_reason == "stop", (seed, text)
         jsonschema.validate(json.loads(text), schema)
 
 
@@ -104,8 +108,10 @@ def test_twenty_seeds_at_temperature_one_validate(smollm, name):
 
 def test_json_object_replies_parse(smollm):
     prompt = _chat(smollm, "Give me a JSON object about a cat.")
-    for seed in range(5):
-        text, finish = _run(smollm, prompt, OutputConstraint("json_object"), temperature=1.0, seed=seed)
+    handles = [smollm.submit(GenerationRequest(prompt, SamplingParams(temperature=1.0, seed=seed), max_tokens=300,
+                                               constraint=OutputConstraint("json_object"))) for seed in range(5)]
+    for handle in handles:
+        text, finish = handle.text(), handle.finish_reason
         if finish == "stop":
             assert isinstance(json.loads(text), dict), text
         else:  # the reply says why it stopped; what came so far is a JSON object's start

@@ -118,8 +118,9 @@ def test_smollm_greedy_follows_plain_logits(smollm):
     backend = smollm.engine.backend
     stop_ids = smollm.prompter.stop_token_ids
 
-    # MLX's CPU build (what runs off Apple Silicon) is ~10x slower here: fewer replies.
-    tasks, n = (SMOLLM_TASKS, 60) if smollm.backend_name != "mlx" else (SMOLLM_TASKS[:3], 40)
+    # MLX's CPU build (what runs off Apple Silicon) is ~10x slower here: the two grounded
+    # tasks only, where drafts are accepted and so batched verification is really checked.
+    tasks, n, least = (SMOLLM_TASKS, 60, 60) if smollm.backend_name != "mlx" else (SMOLLM_TASKS[:2], 32, 30)
 
     def check():
         exact, gaps, accepted = 0, [], 0
@@ -127,20 +128,21 @@ def test_smollm_greedy_follows_plain_logits(smollm):
             prompt = smollm.chat_tokens([Message("user", task)])
             # Each run alone in the context: llama.cpp's sums depend on how many cells the
             # context's other sequences hold, so a live second cache changes the logits too.
-            plain, _, cache = run(backend, prompt, plain_decoding, max_tokens=n, stop_token_ids=stop_ids)
-            cache.close()
             spec, chunks, cache = run(backend, prompt, always_drafting(8, 3), max_tokens=n, stop_token_ids=stop_ids)
             cache.close()
             accepted += chunks[-1].stats.accepted_tokens
-            exact += spec == plain
+            # Plain greedy decoding is the argmax of these single-step logits at each step,
+            # so a reply whose every token is that argmax is plain decoding's reply.
             logits = plain_logits_along(backend, prompt, spec)
-            gaps += [float(row.max() - row[token]) for row, token in zip(logits, spec)]
+            reply_gaps = [float(row.max() - row[token]) for row, token in zip(logits, spec)]
+            exact += max(reply_gaps) == 0
+            gaps += reply_gaps
         return exact, np.array(gaps), accepted
 
     exact, gaps, accepted = smollm.engine.call(lambda _: check())
     near_ties = gaps[gaps > 0]
     print(f"{smollm.backend_name}: {exact}/{len(tasks)} replies identical to plain decoding; "
           f"{len(gaps)} tokens, {len(near_ties)} not the plain argmax (gaps {np.round(near_ties, 3).tolist()})")
-    assert len(gaps) > 60 and accepted > 5
+    assert len(gaps) > least and accepted > 5
     assert gaps.max() <= LOGIT_TOLERANCE
     assert len(near_ties) <= 0.05 * len(gaps)
