@@ -75,6 +75,11 @@ class Running:
     # steps once the prompt is in (None after that: plain decoding, the cache cannot be cut).
     stepped: SteppedProducer | None = None
     steps: ProducerSteps | None = None
+    # While its drafting policy is quiet (off, no probe due) a stepped request decoding
+    # alone runs as plain decoding, at exactly its cost: `steps` parked here, for
+    # `plain_left` more steps (see `_plan`).
+    parked: ProducerSteps | None = None
+    plain_left: int = 0
     produced: list[ProducedToken] | None = None  # chosen this step, not yet handed out
     fed_produced: bool = False  # whether the cache already holds `produced` (fed ahead)
     # A request with some other token producer runs through `generate`, advanced one
@@ -164,7 +169,7 @@ class RequestScheduler:
         batched = [r for r in self.running if r.stream is None]
         if not batched:
             return
-        items, fed, drafting = self._plan(batched)
+        items, fed, drafting, timed = self._plan(batched)
         if not items:
             return
         started = time.perf_counter()
@@ -202,7 +207,8 @@ class RequestScheduler:
             if r.steps is not None and r.consumer.finish is None:
                 r.produced, r.fed_produced = r.steps.commit(), False
         if drafting is not None:
-            drafting.record_pass(sum(len(item.tokens) for item in items), time.perf_counter() - started)
+            drafting.record_pass(sum(len(item.tokens) for item in items),
+                                 time.perf_counter() - started if timed else None)
         for r, _ in ready:  # 3. hand out, end what is done
             self._hand_out(r)
 
@@ -210,12 +216,22 @@ class RequestScheduler:
         """The items of this step's pass: decoding requests first (with any drafts their
         policy chose, given what the pass costs and yields for the others), then prompt
         chunks. Returns (items, [(request, whether its item ends its prompt)], a stepped
-        producer to time the pass for, or None)."""
+        producer to time the pass for, or None, and whether the pass is timed)."""
         items: list[BatchItem] = []
         fed: list[tuple[Running, bool]] = []
         decoding = [r for r in batched if r.decoding]
+        alone = len(decoding) == 1
         steppers = []
         for r in decoding:
+            if r.parked is not None:
+                if r.plain_left and alone:
+                    r.plain_left -= 1
+                else:  # a probe is due, or others decode too (drafts may pay in a batch)
+                    self._unpark(r)
+            elif r.steps is not None and alone:
+                quiet = r.steps.quiet_steps()
+                if quiet:  # decode plainly for that many steps, this one included
+                    r.parked, r.steps, r.plain_left = r.steps, None, quiet - 1
             if r.steps is None:
                 items.append(BatchItem(r.cache, (r.next_token,)))
                 fed.append((r, True))
@@ -241,8 +257,17 @@ class RequestScheduler:
                 room -= len(take)
                 items.append(BatchItem(r.cache, take))
                 fed.append((r, not r.pending))
-        drafting = next((r.stepped for r in batched if r.stepped is not None), None)
-        return items, fed, drafting
+        # The pass is timed for the drafting policy of a request with drafting steps in
+        # it, unless it carries a prompt chunk (those cost differently from decoding).
+        drafting = next((r.stepped for r in decoding if r.steps is not None), None)
+        return items, fed, drafting, len(items) == len(decoding)
+
+    @staticmethod
+    def _unpark(r: Running) -> None:
+        """Back to drafting steps after steps run as plain decoding (see `Running.parked`)."""
+        r.steps, r.parked = r.parked, None
+        r.steps.resume(r.plain_left)
+        r.plain_left = 0
 
     def _room_ahead(self, r: Running) -> bool:
         """Whether `r` may want a token after its next one, with room in the context to
@@ -305,6 +330,8 @@ class RequestScheduler:
         request), then its last chunk."""
         self.running.remove(r)
         try:
+            if r.parked is not None:
+                self._unpark(r)
             if r.steps is not None:  # rejected or unused drafts leave the cache
                 r.steps.close()
             if r.holds_last:  # fed ahead: leave the cache as synchronous decoding would

@@ -72,6 +72,15 @@ class ProducerSteps(Protocol):
     def close(self) -> None:
         """Leave the cache holding what was handed out but the last token."""
 
+    def quiet_steps(self) -> int:
+        """For a sequence decoding alone: how many steps from now need nothing of the
+        producer (0 if this one does). The runner may run them as plain decoding (each
+        token sampled, appended to the history and handed out), then calls `resume`."""
+
+    def resume(self, unused: int = 0) -> None:
+        """Take in the tokens the plain steps added to the history, before the next `plan`
+        or `close`; `unused`: of the quiet steps counted, those not run."""
+
 
 class SteppedProducer(abc.ABC):
     """A `TokenProducer` whose passes can also be run by someone else: the engine's batch
@@ -85,8 +94,9 @@ class SteppedProducer(abc.ABC):
         needs plain decoding."""
 
     @abc.abstractmethod
-    def record_pass(self, n_tokens: int, seconds: float) -> None:
-        """A forward pass of `n_tokens` (all sequences) took `seconds`, its sampling included."""
+    def record_pass(self, n_tokens: int, seconds: float | None) -> None:
+        """A forward pass of `n_tokens` (all sequences) took `seconds`, its sampling
+        included; None: a pass that was not timed (it carried a prompt chunk)."""
 
     @abc.abstractmethod
     def __call__(self, backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,

@@ -28,7 +28,14 @@ acceptance (nor the prior's) makes any draft pay, drafting is off altogether: on
 probe interval replaces the per-length ones, and `quiet` tells the caller which steps need
 no proposal at all (the drafter's index catches up when the next one is asked for). On a
 model as small as stories260K a step takes ~300 us, and looking for a match, choosing and
-indexing every step cost ~8% of decode speed.
+indexing every step cost ~8% of decode speed. The engine's scheduler goes further
+(`quiet_steps`): it runs such a stretch of steps as plain decoding, at its exact cost.
+
+Probes are not free on llama.cpp: it reuses its compute graph only between passes of one
+shape, so a 2-token probe and the plain pass after it both build a graph (on stories260K
+the pair costs 1.5 plain steps more). That cost is charged to the larger pass
+(`ForwardCosts.record`), and where not even drafts that are always right would pay at the
+measured costs, probes come only every PROBE_RARE steps, to re-measure.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ FADE = 0.9  # weight left to older outcomes after each verification of that matc
 MARGIN = 1.05  # draft only where the expected speed-up beats noise
 PROBE_FIRST, PROBE_MOST = 4, 64  # drafts skipped between probes, first and at most
 PROBE_SHARE = 0.01  # failing probes may cost about this share of decode time
+# Where no acceptance makes any draft pay at the measured costs (stories260K: a 2-token
+# pass costs 2.5 plain steps), probes only re-measure: one in this many steps.
+PROBE_RARE = 1024
 REFRESH_EVERY = 32  # timed forwards between re-derivations of the draft-length choices
 DRAFT_TABLE = 16  # draft lengths the choices are first derived for
 
@@ -62,10 +72,31 @@ class ForwardCosts:
         self._seconds: dict[int, deque[float]] = {}
         self._median: dict[int, float] = {}
         self._stale: set[int] = set()  # sizes timed since their median was last taken
+        self.last_size: int | None = None  # the size of the last pass timed
 
-    def record(self, n_tokens: int, seconds: float) -> None:
+    def record(self, n_tokens: int, seconds: float | None) -> None:
         """Returns nothing and sorts nothing: it runs after every forward pass, the
-        medians are taken when asked for."""
+        medians are taken when asked for.
+
+        llama.cpp reuses its compute graph only between passes of the same shape, so the
+        first pass after a larger one (plain decoding after a verification) builds its
+        graph again: on stories260K that costs half a plain step. It is a cost of the
+        larger pass (of drafting), not of steady decoding: the excess of a 1-token pass
+        after a larger one over the 1-token median goes to the larger pass's last timing.
+        `seconds` None: a pass that was not timed (a prompt's), which breaks that chain;
+        the next pass of a size already measured builds its graph again, not recorded."""
+        if seconds is None:
+            self.last_size = None
+            return
+        last, self.last_size = self.last_size, n_tokens
+        if last is None and n_tokens in self._seconds:
+            return  # after a pass not timed (a prompt), it builds its graph again
+        if n_tokens == 1 and last is not None and last > 1:
+            steady = self._medians().get(n_tokens)
+            if steady is not None:
+                self._seconds[last][-1] += seconds - steady
+                self._stale.add(last)
+                return
         timings = self._seconds.get(n_tokens)
         if timings is None:
             timings = self._seconds[n_tokens] = deque(maxlen=RECENT_TIMINGS)
@@ -231,6 +262,26 @@ class AdaptiveDraftPolicy:
             return True
         return False
 
+    def quiet_steps(self) -> int:
+        """For a sequence decoding alone: how many steps from now need no proposal
+        (drafting is off, no probe due), all counted at once as steps without a draft; 0
+        when this one may draft or probe (or is the last before a probe). The caller runs them as plain decoding and hands
+        back with `unquiet` those it did not run (its request ended first), so the probe
+        interval carries over to the next request as it does step by step."""
+        # The last quiet step before a probe stays a step of its own, timed, so that c(1)
+        # is still measured while drafting is off.
+        # After a larger pass (a probe), the next plain step is timed too: what it costs
+        # over a steady one is the probe's (`ForwardCosts.record`).
+        n = self._quiet_left - 1
+        if n > 0 and self.costs.last_size in (1, None) and (self._off or (self._off is None and self.is_off())):
+            self._quiet_left = 1
+            return n
+        return 0
+
+    def unquiet(self, steps: int) -> None:
+        """`steps` of those `quiet_steps` counted were not run."""
+        self._quiet_left += steps
+
     def expected_tokens(self, draft: Draft, k: int) -> float:
         """What verifying k tokens of `draft` yields on average, from the acceptance seen."""
         return expected_tokens(self.acceptance(draft.match_length), k)
@@ -259,7 +310,11 @@ class AdaptiveDraftPolicy:
                 best_k, best_gain = k, gain
         return best_k
 
-    def record_forward(self, n_tokens: int, seconds: float) -> None:
+    def record_forward(self, n_tokens: int, seconds: float | None) -> None:
+        """A pass of `n_tokens` took `seconds` (None: a pass not timed, see `ForwardCosts.record`)."""
+        if seconds is None:
+            self.costs.record(n_tokens, None)
+            return
         new_size = not self.costs.is_measured(n_tokens)
         self.costs.record(n_tokens, seconds)
         self._timed_since_refresh += 1
@@ -284,11 +339,19 @@ class AdaptiveDraftPolicy:
             # interval as it is: where drafts are right half the time (free text on a tiny
             # vocabulary) probes still become rare. Per match length and, while all is
             # off, the one interval that applies then.
-            if not accepted:
+            if self._hopeless():
+                self._probe_gap = PROBE_RARE
+            elif not accepted:
                 most = self._probe_most()
                 stats.probe_interval = min(most, stats.probe_interval * 2)
                 self._probe_gap = min(most, self._probe_gap * 2)
             self._quiet_left = self._probe_gap - 1
+
+    def _hopeless(self) -> bool:
+        """Whether, decoding alone, not even drafts that are always right would pay at the
+        costs measured (then the probes while all is off only re-measure them)."""
+        best = self._best_ks(1.0, self._k_most)
+        return best is not None and best[-1] == 0
 
 
 class AlwaysDraftPolicy:
@@ -304,10 +367,16 @@ class AlwaysDraftPolicy:
     def quiet(self) -> bool:
         return False
 
+    def quiet_steps(self) -> int:
+        return 0
+
+    def unquiet(self, steps: int) -> None:
+        pass
+
     def expected_tokens(self, draft: Draft, k: int) -> float:
         return self.learner.expected_tokens(draft, k)
 
-    def record_forward(self, n_tokens: int, seconds: float) -> None:
+    def record_forward(self, n_tokens: int, seconds: float | None) -> None:
         self.learner.record_forward(n_tokens, seconds)
 
     def record_verification(self, match_length: int, k: int, accepted: int) -> None:

@@ -57,7 +57,7 @@ class SpeculativeDecoding(SteppedProducer):
             return None
         return DraftingSteps(self, backend, cache, sampler, history, stats)
 
-    def record_pass(self, n_tokens: int, seconds: float) -> None:
+    def record_pass(self, n_tokens: int, seconds: float | None) -> None:
         self.policy.record_forward(n_tokens, seconds)
 
     def __call__(self, backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,
@@ -95,6 +95,7 @@ class DraftingSteps:
                  history: list[int], stats: GenerationStats):
         self.backend, self.cache, self.sampler, self.history, self.stats = backend, cache, sampler, history, stats
         self.policy = producer.policy
+        self.policy.record_forward(len(history), None)  # this sequence's prompt pass, not timed
         self.draft_max = producer.draft_max
         self.n_prompt = len(history)
         self.drafter = producer.drafter_factory(history)
@@ -129,6 +130,27 @@ class DraftingSteps:
         self.stats.draft_tokens += k
         expected = self.policy.expected_tokens(draft, k) if k else 1.0
         return (self.pending, *self._drafted), expected
+
+    def quiet_steps(self) -> int:
+        """For a sequence decoding alone: how many steps from now need nothing of this
+        producer (drafting is off, no probe due). The caller may run them as plain
+        decoding (each token sampled, appended to the history and handed out), then must
+        call `resume` before the next `plan` or `close`."""
+        return self.policy.quiet_steps() if self.drafting else 0
+
+    def resume(self, unused: int = 0) -> None:
+        """After steps run as plain decoding: take in the tokens they added to the
+        history; `unused`: of the quiet steps counted, those not run (the request ended)."""
+        history = self.history
+        new = history[self.n_prompt + self.produced:]
+        append = self.drafter.append
+        for token in new:
+            append(token)
+        self.produced += len(new)
+        if new:
+            self.pending = new[-1]
+        if unused:
+            self.policy.unquiet(unused)
 
     def choose(self, logits: Logits) -> None:
         """The token at every position of the pass that fed the planned tokens (or, before

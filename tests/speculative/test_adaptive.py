@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localllm.speculative.adaptive import (
-    PROBE_FIRST, PROBE_MOST, PROBE_SHARE, AdaptiveDraftPolicy, ForwardCosts, expected_tokens,
+    PROBE_FIRST, PROBE_MOST, PROBE_RARE, PROBE_SHARE, AdaptiveDraftPolicy, ForwardCosts, expected_tokens,
 )
 from localllm.speculative.drafter import Draft
 
@@ -135,7 +135,7 @@ def test_all_off_steps_skip_proposals_until_a_probe_whose_interval_grows_with_it
     """Where no match length's acceptance makes a draft pay, `quiet` says which steps need
     no proposal; the probes between them back off on failures, up to where they cost
     about PROBE_SHARE of the time, and a success does not bring them back quickly."""
-    policy = policy_with_costs({1: 1.0, 2: 2.0, 3: 3.0, 5: 5.0, 9: 9.0})  # a probe costs a whole step
+    policy = policy_with_costs({1: 1.0, 2: 2.0, 9: 3.0})  # a probe costs a whole step, long drafts could pay
     assert policy.is_off()
     quiet = [policy.quiet() for _ in range(PROBE_FIRST)]
     assert quiet == [True] * (PROBE_FIRST - 1) + [False]  # the last one proposes: a probe
@@ -159,3 +159,40 @@ def test_quiet_only_while_all_is_off():
         policy.record_verification(8, 8, 8)  # long copies pay
     assert not policy.is_off()
     assert not any(policy.quiet() for _ in range(10))
+
+
+def test_where_no_draft_can_pay_probes_only_re_measure():
+    policy = policy_with_costs({1: 1.0, 2: 2.0, 3: 3.0, 5: 5.0, 9: 9.0})  # linear: even right drafts lose
+    assert policy.is_off()
+    policy.record_verification(3, 1, 1)  # a probe, right or not
+    assert policy._probe_gap == PROBE_RARE
+
+
+def test_quiet_steps_come_at_once_but_for_the_timed_one_before_a_probe():
+    """A sequence decoding alone may run the quiet steps as plain decoding (the engine
+    does, at plain decoding's cost); the one before the probe stays a step of its own, and
+    the steps a request did not run carry over to the next one."""
+    policy = policy_with_costs({1: 1.0, 2: 2.0, 9: 3.0})
+    policy.record_forward(1, 1.0)  # the last pass timed was a plain one
+    n = policy.quiet_steps()
+    assert n == PROBE_FIRST - 2 and policy.quiet_steps() == 0
+    assert policy.quiet() and not policy.quiet()  # the last quiet step, then the probe
+    policy.unquiet(5)
+    assert policy.quiet_steps() == 4
+
+
+def test_the_plain_pass_after_a_larger_one_is_charged_to_the_larger_one():
+    """llama.cpp builds its graph again after a pass of another shape: what the first plain
+    pass after a verification costs over a steady one is the verification's cost."""
+    costs = ForwardCosts()
+    for _ in range(3):
+        costs.record(1, 1.0)
+    costs.record(3, 2.0)
+    costs.record(1, 1.5)  # builds its graph again
+    costs.record(1, 1.0)
+    assert costs.measured(1) == pytest.approx(1.0) and costs.measured(3) == pytest.approx(2.5)
+    policy = policy_with_costs({1: 1.0, 2: 2.0, 9: 3.0})
+    policy.record_forward(2, 2.0)  # a probe: the next step is timed, not run quietly
+    assert policy.quiet_steps() == 0
+    policy.record_forward(1, 1.0)
+    assert policy.quiet_steps() > 0
