@@ -17,7 +17,7 @@ Everything runs with one llama.cpp thread by default: on a machine that others s
 two threads wait on each other at every barrier and the timings mean nothing.
 
     python benchmarks/bench_speculative.py [--repeats 3] [--max-tokens 128] [--threads 1]
-        [--skip-1b] [--skip-llama-cpp-python] [--models smollm,stories]
+        [--skip-1b] [--skip-llama-cpp-python] [--models smollm,stories] [--tasks "quote passage,story"]
 """
 
 from __future__ import annotations
@@ -284,7 +284,10 @@ def run_tasks(path: Path, tasks, chat: bool, args) -> list[dict]:
                 "lcpp lookup": LlamaCppPython(path, args.threads, True, stop_ids, detokenize)}
     names += list(lcpp)
     rows = []
+    wanted = [t for t in args.tasks.split(",") if t]
     for name, kind, text in tasks:
+        if wanted and name not in wanted:
+            continue
         results: dict[str, list] = {n: [] for n in names}
         tokens = ours.prompt(text, chat)
         for r in range(args.repeats):
@@ -344,6 +347,7 @@ def main() -> None:
     ap.add_argument("--show", action="store_true", help="print each task's plain reply (is it grounded?)")
     ap.add_argument("--skip-1b", action="store_true")
     ap.add_argument("--models", default="smollm,stories", help="whose task table to run: smollm, stories or both")
+    ap.add_argument("--tasks", default="", help="comma-separated task names to run (default: all)")
     ap.add_argument("--skip-llama-cpp-python", action="store_true")
     ap.add_argument("--lcpp-worker", nargs=4, metavar=("MODEL", "THREADS", "LOOKUP", "MAX"), help=argparse.SUPPRESS)
     args = ap.parse_args()
