@@ -244,3 +244,57 @@ def test_smollm_drafts_in_the_batch_follow_plain_logits(smollm_path):
     assert len(gaps) > 100
     assert gaps.max() <= LOGIT_TOLERANCE
     assert len(near_ties) <= 0.05 * len(gaps)
+
+
+class _OffPolicy(AdaptiveDraftPolicy):
+    """The adaptive policy with fixed costs where drafting is off at the prior acceptance
+    (a probe costs a whole plain step, long drafts could pay): the engine's timings are
+    not recorded, so what it decides does not depend on this machine's speed."""
+
+    def __init__(self):
+        super().__init__()
+        for n, seconds in ((1, 1.0), (2, 2.0), (9, 3.0), (1, 1.0)):
+            super().record_forward(n, seconds)
+
+    def record_forward(self, n_tokens, seconds):
+        pass
+
+    def quiet(self):  # asked by a drafting step that has nothing to propose
+        self.asked = getattr(self, "asked", 0) + 1
+        return super().quiet()
+
+
+def test_auto_with_drafting_off_decodes_plainly_between_probes(stories_path, stories_alone):
+    """Decoding alone with drafting off, the steps between probes run as plain decoding
+    (no proposal, no drafting step), and at each probe the drafter has caught up with the
+    whole confirmed context and the cache holds it but the pending token (the scripted
+    drafter checks both); the text is plain decoding's and the cache ends as plain
+    decoding leaves it, though the request ends in the middle of such a stretch."""
+    vocab = stories_alone.backend.vocabulary
+    prompt = vocab.encode(REPETITIVE[0], add_bos=True)
+    answer = _plain(stories_alone, prompt, 60, ignore_eos=True)
+    policy = _OffPolicy()
+    assert policy.is_off()
+    made: list[ScriptedDrafter] = []
+    holder: dict = {}
+
+    def factory(context):  # every draft wrong: probes fail, drafting stays off
+        made.append(ScriptedDrafter(context, answer, len(prompt), wrong=set(range(60)), wrong_token=answer[0] + 1,
+                                    cache_of=lambda: holder["engine"].scheduler.running[0].cache))
+        return made[-1]
+
+    backend = PassRecorder(_load(stories_path, 1))
+    engine = Engine(backend, KVCacheManager(backend), parallel=1,
+                    producer_for=lambda request: SpeculativeDecoding(factory, policy, 6, request.max_tokens))
+    holder["engine"] = engine
+    with engine:
+        cache = backend.new_cache()
+        handle = engine.submit(_request(prompt, 60, "auto", ignore_eos=True), cache)
+        assert _tokens(handle) == answer
+        assert cache.tokens == list(prompt) + answer[:-1]
+        cache.close()
+    probes = [p for p in backend.passes if p[0][1] == 2]
+    assert 2 <= made[0].proposals == len(probes) == handle.stats.draft_tokens <= 6  # 4, 8, 16, 32 steps apart
+    assert all(all_logits for (_, _, all_logits), in probes)
+    assert len(backend.passes) == 1 + 59  # the prompt, then one pass per token: no more
+    assert policy.asked <= 2 * len(probes) + 2  # the other steps never asked the producer
