@@ -8,6 +8,8 @@ and the cache must hold what plain decoding leaves: every yielded token but the 
 
 from __future__ import annotations
 
+import pytest
+
 from tests.speculative.helpers import always_drafting, run, scripted
 
 from localllm.engine.generate import plain_decoding
@@ -131,3 +133,31 @@ def test_context_limit_is_never_passed(numpy_stories):
         assert chunks[-1].finish_reason == "length"
         assert len(cache.tokens) <= small.n_ctx
     del SentencePieceTokenizer
+
+
+@pytest.mark.parametrize("kind", ["llamacpp", "mlx"])
+def test_context_limit_is_never_passed_on_the_real_backends(stories_path, kind):
+    """As above, on llama.cpp and MLX with a small context: drafts stop at its end, and the
+    text and where it stops are plain decoding's."""
+    from pathlib import Path
+
+    from localllm.backend.select import load_backend
+    from localllm.config import Settings
+
+    if kind == "mlx":
+        pytest.importorskip("mlx.core")
+    small = load_backend(str(stories_path), Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"),
+                                                     backend=kind, ctx_size=64, threads=1))
+    try:
+        prompt = prompt_of(small, "The cat sat on the mat. The dog sat on the mat. The cat sat on the mat. The dog")
+        plain, _, cache = run(small, prompt, plain_decoding, max_tokens=None)
+        cache.close()
+        assert len(plain) == small.n_ctx + 1 - len(prompt)
+        for producer in (always_drafting(8, 2), scripted(plain, len(prompt), draft_max=8)[0]):
+            spec, chunks, cache = run(small, prompt, producer, max_tokens=None)
+            assert spec == plain
+            assert chunks[-1].finish_reason == "length" and chunks[-1].stats.accepted_tokens > 0
+            assert len(cache.tokens) <= small.n_ctx
+            cache.close()
+    finally:
+        small.close()
