@@ -189,8 +189,10 @@ def main() -> None:
     print(f"\nCPU path vs bare llama-cpp-python loop ({args.threads} threads, median of {args.repeats}, "
           f"environment padded by {', '.join(map(str, LAYOUT_PADS))} bytes in turn, greedy)")
     print(f"{'model':<28} {'phase':<22} {'ours tok/s':>11} {'bare tok/s':>11} {'ratio':>7}  {'ours range':>15} {'bare range':>15}")
+    def spread(xs):
+        return f"{min(xs):.0f}-{max(xs):.0f}"
+
     for model, phase, ours, bare in rows:
-        spread = lambda xs: f"{min(xs):.0f}-{max(xs):.0f}"  # noqa: E731
         print(f"{model:<28} {phase:<22} {med(ours):>11.1f} {med(bare):>11.1f} {med(ours) / med(bare):>6.3f}x  "
               f"{spread(ours):>15} {spread(bare):>15}")
 

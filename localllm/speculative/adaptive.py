@@ -265,9 +265,10 @@ class AdaptiveDraftPolicy:
     def quiet_steps(self) -> int:
         """For a sequence decoding alone: how many steps from now need no proposal
         (drafting is off, no probe due), all counted at once as steps without a draft; 0
-        when this one may draft or probe (or is the last before a probe). The caller runs them as plain decoding and hands
-        back with `unquiet` those it did not run (its request ended first), so the probe
-        interval carries over to the next request as it does step by step."""
+        when this one may draft or probe (or is the last before a probe). The caller runs
+        them as plain decoding and hands back with `unquiet` those it did not run (its
+        request ended first), so the probe interval carries over to the next request as it
+        does step by step."""
         # The last quiet step before a probe stays a step of its own, timed, so that c(1)
         # is still measured while drafting is off.
         # After a larger pass (a probe), the next plain step is timed too: what it costs

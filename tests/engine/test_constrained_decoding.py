@@ -76,9 +76,12 @@ def _chat(engine, text: str) -> tuple[int, ...]:
     return tuple(ChatPrompter(vocab, vocab.chat_template).encode([Message("user", text)]))
 
 
+def _submit(engine, prompt, constraint, **sampling):
+    return engine.submit(GenerationRequest(prompt, SamplingParams(**sampling), max_tokens=300, constraint=constraint))
+
+
 def _run(engine, prompt, constraint, **sampling):
-    handle = engine.submit(GenerationRequest(prompt, SamplingParams(**sampling), max_tokens=300,
-                                             constraint=constraint))
+    handle = _submit(engine, prompt, constraint, **sampling)
     return handle.text(), handle.finish_reason
 
 
@@ -87,8 +90,7 @@ def _seeds_validate(engine, name, seeds):
     prompt = _chat(engine, f"Describe a {name} record as JSON.")
     constraint = OutputConstraint("json_schema", json.dumps(schema))
     # All seeds at once: the engine decodes them in one batch, each with its own mask.
-    handles = [engine.submit(GenerationRequest(prompt, SamplingParams(temperature=1.0, seed=seed, top_k=0, top_p=1.0, min_p=0.0),
-                                               max_tokens=300, constraint=constraint)) for seed in seeds]
+    handles = [_submit(engine, prompt, constraint, temperature=1.0, seed=seed, top_k=0, top_p=1.0, min_p=0.0) for seed in seeds]
     for seed, handle in zip(seeds, handles):
         text = handle.text()
         assert handle.finish_reason == "stop", (seed, text)
@@ -108,8 +110,7 @@ def test_twenty_seeds_at_temperature_one_validate(smollm, name):
 
 def test_json_object_replies_parse(smollm):
     prompt = _chat(smollm, "Give me a JSON object about a cat.")
-    handles = [smollm.submit(GenerationRequest(prompt, SamplingParams(temperature=1.0, seed=seed), max_tokens=300,
-                                               constraint=OutputConstraint("json_object"))) for seed in range(5)]
+    handles = [_submit(smollm, prompt, OutputConstraint("json_object"), temperature=1.0, seed=seed) for seed in range(5)]
     for handle in handles:
         text, finish = handle.text(), handle.finish_reason
         if finish == "stop":

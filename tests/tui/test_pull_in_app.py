@@ -23,12 +23,20 @@ def hub(stories_path, isolated_home, monkeypatch):
 
     server = FakeHub().start()
     server.add_repo(REPO, {"stories260K-Q8_0.gguf": stories_path.read_bytes(), "README.md": b"# test\n"})
+    # Progress is reported at most every REPORT_EVERY_S: the first half of the file must take
+    # longer than that, so that a partial download is reported before the test's hold.
     server.faults.delay_s = 0.005
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(key, raising=False)
     yield server
     server.stop()
+
+
+def partial(look: tuple) -> bool:
+    """Whether a look at the picker saw the bar showing a download under way."""
+    shown, progress, total = look[:3]
+    return bool(shown and total and 0 < progress < total)
 
 
 def progress_watcher(app, seen: list):
@@ -58,7 +66,7 @@ def test_missing_model_is_pulled_with_progress_then_chats(make_app, hub, isolate
 
     def loaded_releasing_the_hub_at_half():
         done = look()
-        if any(s[0] and s[2] and 0 < s[1] < s[2] for s in seen):
+        if any(map(partial, seen)):
             hub.faults.release.set()
         return done
 
@@ -76,7 +84,7 @@ def test_missing_model_is_pulled_with_progress_then_chats(make_app, hub, isolate
             assert "Stories-GGUF" in screen_text(app)
 
     run(scenario())
-    downloading = [s for s in seen if s[0] and s[2] and 0 < s[1] < s[2]]
+    downloading = [s for s in seen if partial(s)]
     assert downloading, f"the progress bar never showed a partial download: {seen[:5]}"
     assert any("downloading" in s[3] and "MiB" in s[3] for s in downloading)
     assert [e.name for e in list_models(app.settings)] == [f"{name}:Q8_0"]
