@@ -15,7 +15,11 @@ Targets (issue #2): decode >= 0.95x, prefill >= 0.98x. Each round pads the worke
 environment differently (LAYOUT_PADS): memory layout alone moves the bare loop's decode on
 small models by up to ~30%, so the table also prints each side's range.
 
-    python benchmarks/bench_cpu_path.py [--repeats 5] [--skip-1b]
+Both sides use the flash-attention setting our backend chose: with the machine's default
+--parallel (2 or 4) that is on (several sequences decode together); `--parallel 1`
+leaves it to the load-time calibration.
+
+    python benchmarks/bench_cpu_path.py [--repeats 5] [--skip-1b] [--parallel 1]
 """
 
 from __future__ import annotations
@@ -120,24 +124,29 @@ def ours_run(engine: Engine, prompt: list[int], n_new: int) -> tuple[float, floa
     return stats.prefill_tokens_per_s, (len(times) - 1) / (times[-1] - times[0])
 
 
-def worker(side: str, path: str, n_prompt: int, n_new: int, threads: int, n_ctx: int) -> None:
-    """One measurement in this process; prints `prefill decode` tokens/s."""
-    settings = Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=n_ctx, threads=threads)
+def worker(side: str, path: str, cache_dir: str, n_prompt: int, n_new: int, threads: int, n_ctx: int,
+           parallel: int) -> None:
+    """One measurement in this process; prints `prefill decode flash_attn` (tokens/s, 0/1).
+    `cache_dir` is shared by the run's workers: the flash-attention calibration (with
+    `parallel` 1) measures once and every worker then uses the same setting."""
+    settings = Settings(home=Path("/nonexistent"), cache_dir=Path(cache_dir), ctx_size=n_ctx, threads=threads,
+                        parallel=parallel)
     engine = Engine(load_backend(path, settings))
     prompt = engine.backend.vocabulary.encode(PROMPT * 40)[:n_prompt]
+    flash_attn = engine.backend.flash_attn
     if side == "ours":
         ours_run(engine, prompt, 4)  # warm-up: page in the weights, size the buffers
         result = ours_run(engine, prompt, n_new)
         engine.close()
     else:
         b = engine.backend
-        n_ctx_used, n_batch_used, flash_attn = b.n_ctx, b.n_batch, b.flash_attn
+        n_ctx_used, n_batch_used = b.n_ctx, b.n_batch
         engine.close()
         loop = BareLoop(path, n_ctx_used, n_batch_used, threads, flash_attn)
         loop.run(prompt, 4)
         result = loop.run(prompt, n_new)
         loop.close()
-    print(*result)
+    print(*result, int(flash_attn))
 
 
 # Bytes of padding in the workers' environment, one size per round. The environment sits at
@@ -149,51 +158,65 @@ def worker(side: str, path: str, n_prompt: int, n_new: int, threads: int, n_ctx:
 LAYOUT_PADS = (0, 512, 1024, 2048, 3072)
 
 
-def bench(label: str, path: Path, n_prompt: int, n_new: int, repeats: int, threads: int, n_ctx: int) -> list[tuple]:
+def bench(label: str, path: Path, n_prompt: int, n_new: int, repeats: int, threads: int, n_ctx: int,
+          parallel: int) -> list[tuple]:
     import os
     import subprocess
+    import tempfile
 
     results = {"ours": [], "bare": []}
-    for round_ in range(repeats):
-        env = dict(os.environ, LOCALLLM_BENCH_LAYOUT_PAD="x" * LAYOUT_PADS[round_ % len(LAYOUT_PADS)])
-        for side in ("ours", "bare"):
-            out = subprocess.run(
-                [sys.executable, __file__, "--worker", side, str(path), str(n_prompt), str(n_new), str(threads), str(n_ctx)],
-                capture_output=True, text=True, check=True, env=env,
-            ).stdout.split()
-            results[side].append((float(out[0]), float(out[1])))
+    flash_attn = set()
+    with tempfile.TemporaryDirectory(prefix="bench-cpu-path-") as cache_dir:
+        for round_ in range(repeats):
+            env = dict(os.environ, LOCALLLM_BENCH_LAYOUT_PAD="x" * LAYOUT_PADS[round_ % len(LAYOUT_PADS)])
+            for side in ("ours", "bare"):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--worker", side, str(path), cache_dir,
+                     *map(str, (n_prompt, n_new, threads, n_ctx, parallel))],
+                    capture_output=True, text=True, check=True, env=env,
+                ).stdout.split()
+                results[side].append((float(out[0]), float(out[1])))
+                flash_attn.add(out[2] == "1")
     o_p, o_d = zip(*results["ours"])
     b_p, b_d = zip(*results["bare"])
+    fa = "/".join("on" if x else "off" for x in sorted(flash_attn))
     return [
-        (label, f"prefill ({n_prompt} tokens)", o_p, b_p),
-        (label, f"decode ({n_new} tokens)", o_d, b_d),
+        (label, f"prefill ({n_prompt} tokens)", fa, o_p, b_p),
+        (label, f"decode ({n_new} tokens)", fa, o_d, b_d),
     ]
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        side, path, *nums = sys.argv[2:]
-        worker(side, path, *map(int, nums))
+        side, path, cache_dir, *nums = sys.argv[2:]
+        worker(side, path, cache_dir, *map(int, nums))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=physical_cores())
     ap.add_argument("--skip-1b", action="store_true", help="only the tiny real model")
+    ap.add_argument("--parallel", type=int, default=0,
+                    help="--parallel for our side (0: the machine's default; several sequences force flash attention "
+                         "on, 1 leaves it to the calibration); the bare loop uses the same flash-attention setting")
     args = ap.parse_args()
 
-    rows = bench("stories260K (F32)", SHARED_MODELS / "stories260K" / "stories260K.gguf", 1024, 512, args.repeats, args.threads, 2048)
+    rows = bench("stories260K (F32)", SHARED_MODELS / "stories260K" / "stories260K.gguf", 1024, 512, args.repeats,
+                 args.threads, 2048, args.parallel)
     if not args.skip_1b:
-        rows += bench("llama 1.1B random (Q4_K_M)", cached_model(), 128, 32, args.repeats, args.threads, 2048)
+        rows += bench("llama 1.1B random (Q4_K_M)", cached_model(), 128, 32, args.repeats, args.threads, 2048,
+                      args.parallel)
 
     med = statistics.median
-    print(f"\nCPU path vs bare llama-cpp-python loop ({args.threads} threads, median of {args.repeats}, "
-          f"environment padded by {', '.join(map(str, LAYOUT_PADS))} bytes in turn, greedy)")
-    print(f"{'model':<28} {'phase':<22} {'ours tok/s':>11} {'bare tok/s':>11} {'ratio':>7}  {'ours range':>15} {'bare range':>15}")
+    print(f"\nCPU path vs bare llama-cpp-python loop ({args.threads} threads, --parallel {args.parallel or 'default'}, "
+          f"median of {args.repeats}, environment padded by {', '.join(map(str, LAYOUT_PADS))} bytes in turn, greedy)")
+    print(f"{'model':<28} {'phase':<22} {'FA':>3} {'ours tok/s':>11} {'bare tok/s':>11} {'ratio':>7}  "
+          f"{'ours range':>15} {'bare range':>15}")
+
     def spread(xs):
         return f"{min(xs):.0f}-{max(xs):.0f}"
 
-    for model, phase, ours, bare in rows:
-        print(f"{model:<28} {phase:<22} {med(ours):>11.1f} {med(bare):>11.1f} {med(ours) / med(bare):>6.3f}x  "
+    for model, phase, fa, ours, bare in rows:
+        print(f"{model:<28} {phase:<22} {fa:>3} {med(ours):>11.1f} {med(bare):>11.1f} {med(ours) / med(bare):>6.3f}x  "
               f"{spread(ours):>15} {spread(bare):>15}")
 
 

@@ -94,6 +94,18 @@ def test_measure_decodes_at_the_judged_depth(stories_model):
         assert t.history == "copied"  # the history was loaded, not prefilled
 
 
+def test_a_measurement_past_its_budget_raises_too_slow(stories_model):
+    """llama.cpp's abort callback stops the measurement at the deadline, and the error
+    reaches the caller from the thread the measurement ran on."""
+    import llama_cpp
+
+    from localllm.cpu_backend.attention_calibration import CalibrationTooSlow, measure
+
+    with pytest.raises(CalibrationTooSlow):
+        measure(stories_model, flash_attn_on=[False, True], threads=1, kv_type=llama_cpp.GGML_TYPE_F16,
+                depth=300, budget_s=0.0)
+
+
 def test_a_replicated_state_loads_as_that_many_cached_tokens(stories_model):
     """The history the calibration loads instead of prefilling: llama.cpp accepts it as
     `n` cached tokens (in both V layouts: flash attention off stores V transposed) and
