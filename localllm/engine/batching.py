@@ -208,7 +208,7 @@ class RequestScheduler:
                 r.produced, r.fed_produced = r.steps.commit(), False
         if drafting is not None:
             drafting.record_pass(sum(len(item.tokens) for item in items),
-                                 time.perf_counter() - started if timed else None)
+                                 time.perf_counter() - started if timed else None, len(items))
         for r, _ in ready:  # 3. hand out, end what is done
             self._hand_out(r)
 

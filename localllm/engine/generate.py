@@ -94,9 +94,9 @@ class SteppedProducer(abc.ABC):
         needs plain decoding."""
 
     @abc.abstractmethod
-    def record_pass(self, n_tokens: int, seconds: float | None) -> None:
-        """A forward pass of `n_tokens` (all sequences) took `seconds`, its sampling
-        included; None: a pass that was not timed (it carried a prompt chunk)."""
+    def record_pass(self, n_tokens: int, seconds: float | None, sequences: int = 1) -> None:
+        """A forward pass of `n_tokens` over `sequences` sequences took `seconds`, its
+        sampling included; None: a pass that was not timed (it carried a prompt chunk)."""
 
     @abc.abstractmethod
     def __call__(self, backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,

@@ -17,7 +17,17 @@ yielding one), k drafts make that pass cost c(n+k) instead of c(n) for everyone,
 yields E(k) instead of 1 for the drafting request. The policy maximizes what the whole
 batch yields per second: draft when (Y + E(k)) / (Y + 1) * c(n) / c(n+k) > 1, Y being
 what the pass yields for the others. Alone (n = 1, Y = 0) that is the rule above. Passes
-of every size are timed by whoever runs them, so c(n) is known for batched sizes too.
+of several sequences are timed into a table of their own (`batch_costs`): a pass of 4
+tokens from 4 short sequences is not a pass of 4 tokens of one long one (SmolLM2-135M, 2
+threads: 25 ms against 39 ms), and one mixed table made c(5) look cheaper than c(4) in the
+batch, so drafts were verified there at a loss (4 streams 6% slower than plain decoding).
+What k more tokens add to a batched pass not yet measured is taken from what they add to
+a pass alone. Where not even drafts that are always right would pay in the batch (on a
+2-core CPU a token more costs a batched pass about as much as the token it may yield),
+drafting in the batch is off (`batch_quiet`, decided once per pass shape): no proposal;
+it is derived again whenever the costs are. Nor does the batch probe: a one-token probe
+there costs every sequence in the pass (SmolLM2, 4 streams: a quarter of a pass for at
+most one token), so drafts in the batch rest on the acceptance learned so far.
 
 Where drafting does not pay, a draft is still tried now and then (one token, with a
 growing interval while those probes fail) so that text that turns repetitive later (the
@@ -134,6 +144,10 @@ class ForwardCosts:
             slope = max(slope, (c_below - c1) / (below - 1))
         return c_below + slope * (n_tokens - below)
 
+    def sizes(self) -> list[int]:
+        """The pass sizes measured."""
+        return list(self._medians())
+
     def is_measured(self, n_tokens: int) -> bool:
         return n_tokens in self._seconds
 
@@ -173,7 +187,8 @@ class AdaptiveDraftPolicy:
     of a new size was first timed."""
 
     def __init__(self):
-        self.costs = ForwardCosts()
+        self.costs = ForwardCosts()  # passes of one sequence (decoding alone)
+        self.batch_costs = ForwardCosts()  # passes of several sequences (the shared batch)
         self._by_match: dict[int, _Acceptance] = {}
         self._timed_since_refresh = 0
         # Whether no draft pays alone for any match length (None: derive again).
@@ -182,6 +197,8 @@ class AdaptiveDraftPolicy:
         # While off: the steps left before the next probe, and the interval between probes.
         self._quiet_left = PROBE_FIRST - 1
         self._probe_gap = PROBE_FIRST
+        # (n_tokens, others, k_max) -> whether no draft pays in such a batched pass.
+        self._batch_quiet: dict[tuple[int, float, int], bool] = {}
 
     def acceptance(self, match_length: int) -> float:
         return self._stats(match_length).rate
@@ -204,27 +221,25 @@ class AdaptiveDraftPolicy:
         `n_tokens`: tokens of the pass with the pending token but no draft; `others`: what
         the pass yields for other sequences decoding in it (0 alone)."""
         limit = min(len(draft.tokens), k_max)
-        if n_tokens == 1 and not others:
-            if k_max > self._k_most:
-                self._k_most, self._off = k_max, None
-            if self.is_off():  # off: a one-token probe every `_probe_gap` steps
-                if self._quiet_left:
-                    self._quiet_left -= 1
-                    return 0
-                self._quiet_left = self._probe_gap - 1
-                return 1
+        if n_tokens > 1 or others:  # in the batch: no probes, they would slow every sequence in the pass
+            if self.batch_quiet(n_tokens, others, limit):
+                return 0
+            return self._best_in_batch(self._stats(draft.match_length).rate, limit, n_tokens, others)
+        if k_max > self._k_most:
+            self._k_most, self._off = k_max, None
+        if self.is_off():  # off: a one-token probe every `_probe_gap` steps
+            if self._quiet_left:
+                self._quiet_left -= 1
+                return 0
+            self._quiet_left = self._probe_gap - 1
+            return 1
         stats = self._stats(draft.match_length)
-        if n_tokens == 1 and not others:  # alone: the table derived for this match length
-            best = stats.best_k
-            if best is None or limit >= len(best):
-                best = stats.best_k = self._best_ks(stats.rate, max(limit, DRAFT_TABLE))
-                if best is None:
-                    return 0  # measure a plain step first
-            k = best[limit]
-        elif self.costs.estimate(1) is None:
-            return 0
-        else:
-            k = self._best_in_batch(stats.rate, limit, n_tokens, others)
+        best = stats.best_k  # alone: the table derived for this match length
+        if best is None or limit >= len(best):
+            best = stats.best_k = self._best_ks(stats.rate, max(limit, DRAFT_TABLE))
+            if best is None:
+                return 0  # measure a plain step first
+        k = best[limit]
         if k:
             return k
         stats.skipped += 1
@@ -232,6 +247,20 @@ class AdaptiveDraftPolicy:
             stats.skipped = 0
             return 1
         return 0
+
+    def batch_quiet(self, n_tokens: int, others: float, k_max: int) -> bool:
+        """For a sequence in a pass of `n_tokens` with others yielding `others`: True when
+        no draft of up to `k_max` tokens would pay there even if always right, at the costs
+        measured (or while c(1) or the plain batched pass is not measured yet). Then the
+        step needs no proposal at all. Decided once per pass shape until the costs are
+        derived again: asking per sequence and step cost 4 streams of SmolLM2 5%."""
+        key = (n_tokens, others, k_max)
+        quiet = self._batch_quiet.get(key)
+        if quiet is None:
+            quiet = self._batch_quiet[key] = (self.costs.estimate(1) is None
+                                              or self.batch_costs.measured(n_tokens) is None
+                                              or not self._best_in_batch(1.0, k_max, n_tokens, others))
+        return quiet
 
     def is_off(self) -> bool:
         """Whether, decoding alone, no draft of any length pays at the best acceptance
@@ -301,26 +330,47 @@ class AdaptiveDraftPolicy:
         return best
 
     def _best_in_batch(self, acceptance: float, limit: int, n_tokens: int, others: float) -> int:
-        """The k <= limit maximizing (Y + E(k)) / (Y + 1) * c(n) / c(n+k), if above MARGIN."""
-        costs = self.costs
-        c_n = costs.estimate(n_tokens)
+        """The k <= limit maximizing (Y + E(k)) / (Y + 1) * c(n) / c(n+k), if above MARGIN,
+        at the costs of passes of several sequences (`_batch_estimate`)."""
+        c_n = self._batch_estimate(n_tokens)
         best_k, best_gain = 0, MARGIN
         for k in range(1, limit + 1):
-            gain = (others + expected_tokens(acceptance, k)) / (others + 1) * c_n / costs.estimate(n_tokens + k)
+            gain = (others + expected_tokens(acceptance, k)) / (others + 1) * c_n / self._batch_estimate(n_tokens + k)
             if gain > best_gain:
                 best_k, best_gain = k, gain
         return best_k
 
-    def record_forward(self, n_tokens: int, seconds: float | None) -> None:
-        """A pass of `n_tokens` took `seconds` (None: a pass not timed, see `ForwardCosts.record`)."""
+    def _batch_estimate(self, n_tokens: int) -> float:
+        """c(n) of a pass of several sequences: measured, else interpolated between the
+        batched sizes measured, else the largest batched size below n plus what the extra
+        tokens add to a pass alone (`choose` asks only once c(1) and the plain batched pass
+        were measured)."""
+        batch = self.batch_costs
+        exact = batch.measured(n_tokens)
+        if exact is not None:
+            return exact
+        sizes = batch.sizes()
+        below = max(s for s in sizes if s < n_tokens)
+        above = min((s for s in sizes if s > n_tokens), default=None)
+        c_below = batch.measured(below)
+        if above is not None:
+            return c_below + (batch.measured(above) - c_below) * (n_tokens - below) / (above - below)
+        alone = self.costs
+        return c_below + alone.estimate(1 + n_tokens - below) - alone.estimate(1)
+
+    def record_forward(self, n_tokens: int, seconds: float | None, sequences: int = 1) -> None:
+        """A pass of `n_tokens` over `sequences` sequences took `seconds` (None: a pass not
+        timed, see `ForwardCosts.record`)."""
+        costs = self.costs if sequences == 1 else self.batch_costs
         if seconds is None:
-            self.costs.record(n_tokens, None)
+            costs.record(n_tokens, None)
             return
-        new_size = not self.costs.is_measured(n_tokens)
-        self.costs.record(n_tokens, seconds)
+        new_size = not costs.is_measured(n_tokens)
+        costs.record(n_tokens, seconds)
         self._timed_since_refresh += 1
         if new_size or self._timed_since_refresh >= REFRESH_EVERY:
             self._timed_since_refresh = 0
+            self._batch_quiet.clear()
             self._off = None
             for stats in self._by_match.values():
                 stats.best_k = None
@@ -368,6 +418,9 @@ class AlwaysDraftPolicy:
     def quiet(self) -> bool:
         return False
 
+    def batch_quiet(self, n_tokens: int, others: float, k_max: int) -> bool:
+        return False
+
     def quiet_steps(self) -> int:
         return 0
 
@@ -377,8 +430,8 @@ class AlwaysDraftPolicy:
     def expected_tokens(self, draft: Draft, k: int) -> float:
         return self.learner.expected_tokens(draft, k)
 
-    def record_forward(self, n_tokens: int, seconds: float | None) -> None:
-        self.learner.record_forward(n_tokens, seconds)
+    def record_forward(self, n_tokens: int, seconds: float | None, sequences: int = 1) -> None:
+        self.learner.record_forward(n_tokens, seconds, sequences)
 
     def record_verification(self, match_length: int, k: int, accepted: int) -> None:
         self.learner.record_verification(match_length, k, accepted)

@@ -57,8 +57,8 @@ class SpeculativeDecoding(SteppedProducer):
             return None
         return DraftingSteps(self, backend, cache, sampler, history, stats)
 
-    def record_pass(self, n_tokens: int, seconds: float | None) -> None:
-        self.policy.record_forward(n_tokens, seconds)
+    def record_pass(self, n_tokens: int, seconds: float | None, sequences: int = 1) -> None:
+        self.policy.record_forward(n_tokens, seconds, sequences)
 
     def __call__(self, backend: Backend, cache: Cache, logits: Logits, sampler: Sampler,
                  history: list[int], stats: GenerationStats) -> Iterator[ProducedToken]:
@@ -115,7 +115,8 @@ class DraftingSteps:
         tokens this pass is expected to yield). `n_tokens`: tokens of the pass counting
         this pending one but no draft of it; `others`: tokens the pass yields for other
         sequences; `room`: how many more tokens the pass takes."""
-        if n_tokens == 1 and not others and self.policy.quiet():  # drafting is off: nothing to look up
+        alone = n_tokens == 1 and not others
+        if alone and self.policy.quiet():  # drafting is off: nothing to look up
             self._draft, self._drafted = None, ()
             return (self.pending,), 1.0
         base = len(self.cache.tokens)  # == len(history) - 1: all but the pending token
@@ -124,6 +125,8 @@ class DraftingSteps:
         k_max = min(self.draft_max, self.backend.n_ctx - base - 1, self.budget - self.produced - 1) if self.drafting else 0
         if room is not None:
             k_max = min(k_max, room)
+        if k_max > 0 and not alone and self.policy.batch_quiet(n_tokens, others, k_max):
+            k_max = 0  # no draft pays in this batch: nothing to look up either
         draft = self.drafter.propose(k_max) if k_max > 0 else None
         k = self.policy.choose(draft, k_max, n_tokens, others) if draft is not None else 0
         self._draft, self._drafted = draft, (draft.tokens[:k] if k else ())

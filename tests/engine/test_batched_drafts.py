@@ -21,6 +21,7 @@ from localllm.config import Settings
 from localllm.engine import Engine
 from localllm.kvcache import KVCacheManager
 from localllm.speculative.adaptive import AdaptiveDraftPolicy, AlwaysDraftPolicy
+from localllm.speculative.drafter import Draft
 from localllm.speculative.verify import SpeculativeDecoding
 from localllm.types import DraftParams, GenerationRequest, SamplingParams
 
@@ -106,7 +107,7 @@ def test_auto_drafts_in_the_batch_give_plain_greedy_text(stories_path, stories_a
         for _ in range(2):  # the second round runs with the costs the first one measured
             handles = [engine.submit(_request(p, 60, "auto")) for p in prompts]
             assert [_tokens(h) for h in handles] == alone
-        assert engine.draft_policy.costs.measured(3) is not None  # batched passes were timed
+        assert engine.draft_policy.batch_costs.measured(3) is not None  # batched passes were timed
 
 
 def _scripted_engine(backend, answer, n_prompt, wrong=frozenset(), on_propose=None, parallel=2):
@@ -256,7 +257,7 @@ class _OffPolicy(AdaptiveDraftPolicy):
         for n, seconds in ((1, 1.0), (2, 2.0), (9, 3.0), (1, 1.0)):
             super().record_forward(n, seconds)
 
-    def record_forward(self, n_tokens, seconds):
+    def record_forward(self, n_tokens, seconds, sequences=1):
         pass
 
     def quiet(self):  # asked by a drafting step that has nothing to propose
@@ -298,3 +299,68 @@ def test_auto_with_drafting_off_decodes_plainly_between_probes(stories_path, sto
     assert all(all_logits for (_, _, all_logits), in probes)
     assert len(backend.passes) == 1 + 59  # the prompt, then one pass per token: no more
     assert policy.asked <= 2 * len(probes) + 2  # the other steps never asked the producer
+
+
+class _FixedCostsPolicy(AdaptiveDraftPolicy):
+    """The adaptive policy at fixed costs, drafts of match length 3 always right: alone a
+    pass of n tokens costs 1 + 0.5 (n - 1) (right drafts pay: 9 tokens for 5 steps'
+    time), four sequences decoding together cost 1.0 a pass. The engine's own timings
+    are only listed (tokens, whether timed, sequences), so what the policy decides does
+    not depend on this machine's speed. One table for both would draft 4+ tokens in the
+    batch (c(4) = 2.5 against c(8) = 4.5 for 8 tokens instead of 4)."""
+
+    def __init__(self):
+        super().__init__()
+        for n in range(1, 10):
+            for _ in range(3):
+                super().record_forward(n, 1.0 + 0.5 * (n - 1))
+        for _ in range(3):
+            super().record_forward(4, 1.0, 4)
+        for _ in range(20):
+            self.record_verification(3, 8, 8)
+        self.timed: list[tuple[int, bool, int]] = []
+
+    def record_forward(self, n_tokens, seconds, sequences=1):
+        self.timed.append((n_tokens, seconds is not None, sequences))
+
+
+def test_auto_drafts_nothing_in_a_batch_where_a_token_more_costs_what_it_yields(stories_path, stories_alone):
+    """Four requests with drafts that are always right, `--draft auto` at costs where a
+    draft pays alone but not in a pass of four: the shared passes verify no draft (the
+    batch's costs are its own, not those of passes alone) and ask the drafters for none,
+    the scheduler times them with their sequence count, and the text is plain decoding's."""
+    vocab = stories_alone.backend.vocabulary
+    prompts = [vocab.encode(text, add_bos=True) for text in REPETITIVE]
+    answers = [_plain(stories_alone, p, 40, ignore_eos=True) for p in prompts]
+    policy = _FixedCostsPolicy()
+    assert policy.choose(Draft(tuple(range(8)), 3), 8) == 8  # alone it drafts
+
+    made: list[ScriptedDrafter] = []
+
+    def factory(context):  # the request's own answer, always right
+        i = next(i for i, p in enumerate(prompts) if list(context) == p)
+        made.append(ScriptedDrafter(context, answers[i], len(prompts[i])))
+        return made[-1]
+
+    backend = PassRecorder(_load(stories_path, 4))
+    engine = Engine(backend, KVCacheManager(backend), parallel=4,
+                    producer_for=lambda request: SpeculativeDecoding(factory, policy, 8, request.max_tokens))
+    with engine:
+        gate = threading.Event()
+        held = threading.Thread(target=engine.call, args=(lambda _: gate.wait(),))
+        held.start()  # the engine waits in this job while all four are submitted: they start together
+        handles = [engine.submit(_request(p, 40, "auto", ignore_eos=True)) for p in prompts]
+        gate.set()
+        held.join()
+        assert [_tokens(h) for h in handles] == answers
+
+    def decoding(item):  # a prompt chunk is the only item of many tokens without all logits
+        _, n, all_logits = item
+        return n == 1 or all_logits
+
+    shared = [p for p in backend.passes if sum(map(decoding, p)) >= 2]
+    assert len(shared) >= 30
+    assert not any(all_logits for p in shared for _, _, all_logits in p)
+    assert (4, True, 4) in policy.timed
+    assert sum(h.stats.draft_tokens for h in handles) == 0
+    assert len(made) == 4 and sum(d.proposals for d in made) == 0  # nothing was even looked up
