@@ -19,7 +19,7 @@ Both sides use the flash-attention setting our backend chose: with the machine's
 --parallel (2 or 4) that is on (several sequences decode together); `--parallel 1`
 leaves it to the load-time calibration.
 
-    python benchmarks/bench_cpu_path.py [--repeats 5] [--skip-1b] [--parallel 1]
+    python benchmarks/bench_cpu_path.py [--repeats 5] [--skip-1b] [--parallel 1] [--draft none]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from synthetic_model import SHARED_MODELS, cached_model  # noqa: E402
 from localllm.backend.select import load_backend  # noqa: E402
 from localllm.config import Settings, physical_cores  # noqa: E402
 from localllm.engine import Engine  # noqa: E402
-from localllm.types import GenerationRequest, SamplingParams  # noqa: E402
+from localllm.types import DraftParams, GenerationRequest, SamplingParams  # noqa: E402
 
 PROMPT = (
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park "
@@ -110,9 +110,10 @@ class BareLoop:
         self.L.llama_model_free(self.model)
 
 
-def ours_run(engine: Engine, prompt: list[int], n_new: int) -> tuple[float, float]:
+def ours_run(engine: Engine, prompt: list[int], n_new: int, draft: str = "auto") -> tuple[float, float]:
     cache = engine.call(lambda b: b.new_cache())
-    request = GenerationRequest(tuple(prompt), SamplingParams(temperature=0), max_tokens=n_new, ignore_eos=True)
+    request = GenerationRequest(tuple(prompt), SamplingParams(temperature=0), max_tokens=n_new, ignore_eos=True,
+                                draft=DraftParams(mode=draft))
     handle = engine.submit(request, cache=cache)
     times = []
     for chunk in handle:
@@ -124,7 +125,7 @@ def ours_run(engine: Engine, prompt: list[int], n_new: int) -> tuple[float, floa
     return stats.prefill_tokens_per_s, (len(times) - 1) / (times[-1] - times[0])
 
 
-def worker(side: str, path: str, cache_dir: str, n_prompt: int, n_new: int, threads: int, n_ctx: int,
+def worker(side: str, path: str, cache_dir: str, draft: str, n_prompt: int, n_new: int, threads: int, n_ctx: int,
            parallel: int) -> None:
     """One measurement in this process; prints `prefill decode flash_attn` (tokens/s, 0/1).
     `cache_dir` is shared by the run's workers: the flash-attention calibration (with
@@ -135,8 +136,8 @@ def worker(side: str, path: str, cache_dir: str, n_prompt: int, n_new: int, thre
     prompt = engine.backend.vocabulary.encode(PROMPT * 40)[:n_prompt]
     flash_attn = engine.backend.flash_attn
     if side == "ours":
-        ours_run(engine, prompt, 4)  # warm-up: page in the weights, size the buffers
-        result = ours_run(engine, prompt, n_new)
+        ours_run(engine, prompt, 4, draft)  # warm-up: page in the weights, size the buffers
+        result = ours_run(engine, prompt, n_new, draft)
         engine.close()
     else:
         b = engine.backend
@@ -159,7 +160,7 @@ LAYOUT_PADS = (0, 512, 1024, 2048, 3072)
 
 
 def bench(label: str, path: Path, n_prompt: int, n_new: int, repeats: int, threads: int, n_ctx: int,
-          parallel: int) -> list[tuple]:
+          parallel: int, draft: str) -> list[tuple]:
     import os
     import subprocess
     import tempfile
@@ -171,7 +172,7 @@ def bench(label: str, path: Path, n_prompt: int, n_new: int, repeats: int, threa
             env = dict(os.environ, LOCALLLM_BENCH_LAYOUT_PAD="x" * LAYOUT_PADS[round_ % len(LAYOUT_PADS)])
             for side in ("ours", "bare"):
                 out = subprocess.run(
-                    [sys.executable, __file__, "--worker", side, str(path), cache_dir,
+                    [sys.executable, __file__, "--worker", side, str(path), cache_dir, draft,
                      *map(str, (n_prompt, n_new, threads, n_ctx, parallel))],
                     capture_output=True, text=True, check=True, env=env,
                 ).stdout.split()
@@ -188,8 +189,8 @@ def bench(label: str, path: Path, n_prompt: int, n_new: int, repeats: int, threa
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        side, path, cache_dir, *nums = sys.argv[2:]
-        worker(side, path, cache_dir, *map(int, nums))
+        side, path, cache_dir, draft, *nums = sys.argv[2:]
+        worker(side, path, cache_dir, draft, *map(int, nums))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
@@ -198,17 +199,20 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=0,
                     help="--parallel for our side (0: the machine's default; several sequences force flash attention "
                          "on, 1 leaves it to the calibration); the bare loop uses the same flash-attention setting")
+    ap.add_argument("--draft", default="auto", choices=("auto", "none"),
+                    help="our side's speculative drafting (auto: what a user gets; none: one token per forward "
+                         "pass, as the bare loop)")
     args = ap.parse_args()
 
     rows = bench("stories260K (F32)", SHARED_MODELS / "stories260K" / "stories260K.gguf", 1024, 512, args.repeats,
-                 args.threads, 2048, args.parallel)
+                 args.threads, 2048, args.parallel, args.draft)
     if not args.skip_1b:
         rows += bench("llama 1.1B random (Q4_K_M)", cached_model(), 128, 32, args.repeats, args.threads, 2048,
-                      args.parallel)
+                      args.parallel, args.draft)
 
     med = statistics.median
     print(f"\nCPU path vs bare llama-cpp-python loop ({args.threads} threads, --parallel {args.parallel or 'default'}, "
-          f"median of {args.repeats}, environment padded by {', '.join(map(str, LAYOUT_PADS))} bytes in turn, greedy)")
+          f"--draft {args.draft}, median of {args.repeats}, environment padded by {', '.join(map(str, LAYOUT_PADS))} bytes in turn, greedy)")
     print(f"{'model':<28} {'phase':<22} {'FA':>3} {'ours tok/s':>11} {'bare tok/s':>11} {'ratio':>7}  "
           f"{'ours range':>15} {'bare range':>15}")
 
