@@ -22,7 +22,7 @@ Per model (SmolLM2-135M Q4_1, the random 1.1B Q4_K_M from synthetic_model.py):
 - a 10-turn chat: each turn's time to first token (the earlier turns are cached on both).
 End tokens are banned with logit_bias so every run generates exactly max_tokens.
 
-    python benchmarks/bench_vs_llama_server.py [--repeats 5] [--threads 2] [--skip-1b] [--draft none]
+    python benchmarks/bench_vs_llama_server.py [--repeats 5] [--threads 2] [--skip-1b | --only-1b] [--draft none]
 """
 
 from __future__ import annotations
@@ -234,11 +234,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per stream")
     ap.add_argument("--prompt-words", type=int, default=300)
     ap.add_argument("--skip-1b", action="store_true")
+    ap.add_argument("--only-1b", action="store_true", help="the 1.1B model alone (it takes most of the time)")
     ap.add_argument("--draft", default="auto", choices=["auto", "prompt-lookup", "none"],
                     help="localllm's --draft (llama-server drafts nothing by default; 'none' compares the engines alone)")
     args = ap.parse_args()
     llama_server = ensure_llama_server(log=lambda m: print(m, file=sys.stderr))
-    models = benchmark_models(not args.skip_1b)
+    models = benchmark_models(not args.skip_1b)[1:] if args.only_1b else benchmark_models(not args.skip_1b)
     print(f"threads {args.threads}, ctx {args.ctx}, localllm --draft {args.draft}, {args.tokens} tokens per stream, "
           f"{args.repeats} interleaved runs "
           f"(medians), load average {os.getloadavg()[0]:.1f}\n")

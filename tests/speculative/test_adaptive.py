@@ -57,6 +57,20 @@ def test_batched_passes_are_costed_apart_from_passes_alone():
     assert [cheap.choose(unsure, 8, n_tokens=4, others=3.0) for _ in range(2 * PROBE_MOST)] == [0] * 2 * PROBE_MOST
 
 
+def test_in_a_batch_extra_tokens_cost_at_least_the_slope_of_the_drafting_passes():
+    """While drafts pay alone, plain steps are rare and c(1) dates from another load:
+    SmolLM2 read c(1) 22 ms, c(2) 26 ms (4 ms a token) where its passes of 2 to 9 tokens grew
+    9 ms a token. Batched passes then take the steeper slope: an always-right draft does not
+    pay in a pass of four short sequences (25.4 ms) at 9 ms a token, and nothing is proposed."""
+    policy = policy_with_costs({1: 22.0, 2: 26.0, 9: 88.7})
+    record_batched(policy, {4: 25.4})
+    assert policy.batch_quiet(4, 3.0, 8)
+    # Where the passes alone grow as c(2) - c(1) says, the same draft pays in the batch.
+    even = policy_with_costs({1: 22.0, 2: 26.0, 9: 54.0})
+    record_batched(even, {4: 25.4})
+    assert not even.batch_quiet(4, 3.0, 8)
+
+
 def test_expected_tokens():
     assert expected_tokens(0.0, 5) == 1.0
     assert expected_tokens(0.5, 2) == pytest.approx(1.75)
