@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from localllm.cpu_backend.attention_calibration import (  # noqa: E402
-    PREFILL_TOKENS, REPLY_TOKENS, _context, _Feeder, _view_cells, measure,
+    PREFILL_TOKENS, REPLY_TOKENS, _context, _Feeder, _view_cells, measure, on_own_thread,
 )
 from localllm.cpu_backend import llama_log  # noqa: E402
 from localllm.cpu_backend.llamacpp import KV_GGML_TYPES  # noqa: E402
@@ -113,7 +113,10 @@ def main() -> None:
                 calib_s = time.perf_counter() - t0
                 picks = calib[True].turn_s() < calib[False].turn_s()
                 assert all(set(t.cached_at_steps) == {depth} for t in calib.values())
-                real = turns(model, depth=depth, reply=args.reply, rounds=args.rounds, threads=args.threads, kv_type=kv)
+                # On a thread that ends with them, as the calibration: a thread that has computed
+                # keeps an OpenMP team that slows every other thread's passes (on_own_thread).
+                real = on_own_thread(turns, model, depth=depth, reply=args.reply, rounds=args.rounds,
+                                     threads=args.threads, kv_type=kv)
                 turn = {fa: PREFILL_TOKENS / p + REPLY_TOKENS / d for fa, (p, d) in real.items()}
                 winner = turn[True] < turn[False]
                 print(f"| {name} | {depth} | {calib_s:.1f} | {calib[False].decode_s * 1e3:.2f} / "

@@ -240,29 +240,39 @@ def _fill_history(feeder: _Feeder, n: int, chunk: int) -> str:
 
 
 def measure(model, **kw) -> dict[bool, AttentionTiming]:
-    """`_measure` on a thread of its own that ends with it.
+    """`_measure` on a thread of its own that ends with it (`on_own_thread`)."""
+    return on_own_thread(_measure, model, **kw)
+
+
+def on_own_thread(fn, *args, **kw):
+    """`fn(*args, **kw)` computed on a new thread that ends with it; its result, or its
+    exception raised here.
 
     llama.cpp's OpenMP thread team belongs to the thread that computes and lives as long
-    as that thread. Measured on the load thread, the team stayed, and the engine thread's
-    own team then decoded stories260K at 150-180 tok/s instead of 1,060-1,180 (2 threads,
-    1,024 cached, flash attention off, whole process otherwise the same). Why exactly is
-    not established (likely: libgomp spins less at its barriers once it manages more
-    threads than there are cores, and sleeping threads wake slowly on this VM). A team
-    whose thread has ended is released with it, and the slowdown is gone."""
+    as that thread, and a second team in the process slows the other's passes: measured
+    on the load thread, the calibration left its team behind and the engine thread then
+    decoded stories260K at 150-180 tok/s instead of 1,060-1,180 (2 threads, 1,024
+    cached, flash attention off, the process otherwise the same); the other way round, a
+    calibration measured while another thread's team lived timed decode steps 2-10x
+    slower and picked the losing setting at 160 and 600 cached tokens. Why exactly is not
+    established (likely: libgomp spins less at its barriers once it manages more threads
+    than there are cores, and sleeping threads wake slowly on this VM). A team whose
+    thread has ended is released with it, and the slowdown is gone."""
     result: list = []
 
     def run() -> None:
         try:
-            result.append(_measure(model, **kw))
-        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
-            result.append(e)
+            result.append((True, fn(*args, **kw)))
+        except BaseException as e:  # noqa: BLE001 - raised again on the caller's thread
+            result.append((False, e))
 
-    thread = threading.Thread(target=run, name="localllm-attention-calibration")
+    thread = threading.Thread(target=run, name="localllm-llama-cpp-once")
     thread.start()
     thread.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _measure(model, *, flash_attn_on: list[bool], threads: int, kv_type: int, depth: int,
