@@ -16,8 +16,9 @@ twice and single-token decode steps six times at the judged depth, each decoded 
 removed again, settings alternated, keeping the fastest of each figure (other work on
 the machine only adds time). The faster setting for a turn of `PREFILL_TOKENS` prompt
 and `REPLY_TOKENS` reply tokens at that depth wins. Checked against turns actually run
-with each setting (benchmarks/bench_flash_attn.py): the same winner on all three
-models at 160, 600 and 1,500 cached tokens.
+with each setting (benchmarks/bench_flash_attn.py, three models at 160, 600 and 1,500
+cached tokens, two runs): the same winner in 17 of 18 cases; the miss was stories260K
+at 160 cached, a near tie (0.09 s against 0.11 s a turn).
 
 The decision is cached per model file, judged depth and machine in the user cache
 folder (`<cache>/attention-calibration.json`), keyed by the file's path, size and mtime,
