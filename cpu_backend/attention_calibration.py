@@ -389,9 +389,12 @@ def choose_flash_attn(model, *, model_path: str, mode: str, kv_type: str, n_ctx:
     if sequences > 1:
         # Measured on SmolLM2 Q4_1 (llama.cpp 0.3.36): without flash attention a sequence
         # decoded in one batch with 3 others got logits up to 0.44 away from the same
-        # sequence alone, so a greedy reply depended on what else was running; with it
-        # they are identical. It also skips the other sequences' cells of the shared
-        # KV buffer instead of computing scores over them.
+        # sequence alone, and greedy replies of 40 tokens parted after 1-27 of them; with
+        # it they matched (tests/engine/test_batching.py). It narrows the differences, it
+        # does not remove them: benchmarks/bench_kv_streams.py found up to 0.8 at 100-400
+        # cached tokens and 16.9 at 1,500 with it on. The price is speed: off decodes
+        # faster on every model measured here (about 2x at 1,500 cached tokens, even with
+        # 4 sequences sharing the buffer), see the module docstring and bench_kv_streams.
         return AttentionChoice(True, f"flash attention on ({sequences} sequences decode together: without it "
                                      "llama.cpp gives a batched sequence other logits than alone)")
     depth = judged_depth(n_ctx)
