@@ -393,8 +393,8 @@ def choose_flash_attn(model, *, model_path: str, mode: str, kv_type: str, n_ctx:
         # it they matched (tests/engine/test_batching.py). It narrows the differences, it
         # does not remove them: benchmarks/bench_kv_streams.py found up to 0.8 at 100-400
         # cached tokens and 16.9 at 1,500 with it on. The price is speed: off decodes
-        # faster on every model measured here (about 2x at 1,500 cached tokens, even with
-        # 4 sequences sharing the buffer), see the module docstring and bench_kv_streams.
+        # faster on every model measured here (SmolLM2 at 1,500 cached tokens: 1.8x for
+        # one sequence and for 4 sharing the buffer), see the docstring, bench_kv_streams.
         return AttentionChoice(True, f"flash attention on ({sequences} sequences decode together: without it "
                                      "llama.cpp gives a batched sequence other logits than alone)")
     depth = judged_depth(n_ctx)
