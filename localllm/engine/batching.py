@@ -258,8 +258,9 @@ class RequestScheduler:
                 items.append(BatchItem(r.cache, take))
                 fed.append((r, not r.pending))
         # The pass is timed for the drafting policy of a request with drafting steps in
-        # it, unless it carries a prompt chunk (those cost differently from decoding).
-        drafting = next((r.stepped for r in decoding if r.steps is not None), None)
+        # it (or parked: its plain steps keep c(1) current), unless it carries a prompt
+        # chunk (those cost differently from decoding).
+        drafting = next((r.stepped for r in decoding if r.steps is not None or r.parked is not None), None)
         return items, fed, drafting, len(items) == len(decoding)
 
     @staticmethod

@@ -41,6 +41,12 @@ model as small as stories260K a step takes ~300 us, and looking for a match, cho
 indexing every step cost ~8% of decode speed. The engine's scheduler goes further
 (`quiet_steps`): it runs such a stretch of steps as plain decoding, at its exact cost.
 
+Plain steps run while drafting is off are timed too, so c(1) follows the depth decoding
+is at: a server whose first request was short had c(1) from ~30 cached tokens (11 ms on
+SmolLM2) against probes at ~400 (29 ms), judged drafting hopeless and probed once in
+PROBE_RARE steps, so the benchmark's copying stream that drafts to 1.7x decoded plainly.
+The hopeless verdict is checked again whenever the costs are derived again.
+
 Probes are not free on llama.cpp: it reuses its compute graph only between passes of one
 shape, so a 2-token probe and the plain pass after it both build a graph (on stories260K
 the pair costs 1.5 plain steps more). That cost is charged to the larger pass
@@ -302,9 +308,11 @@ class AdaptiveDraftPolicy:
         # is still measured while drafting is off.
         # After a larger pass (a probe), the next plain step is timed too: what it costs
         # over a steady one is the probe's (`ForwardCosts.record`).
-        n = self._quiet_left - 1
+        # At most REFRESH_EVERY at once: the caller times them (c(1) at the depth decoding
+        # is now), and a re-derivation in between may shorten the interval (`record_forward`).
+        n = min(self._quiet_left - 1, REFRESH_EVERY)
         if n > 0 and self.costs.last_size in (1, None) and (self._off or (self._off is None and self.is_off())):
-            self._quiet_left = 1
+            self._quiet_left -= n
             return n
         return 0
 
@@ -387,6 +395,11 @@ class AdaptiveDraftPolicy:
             self._off = None
             for stats in self._by_match.values():
                 stats.best_k = None
+            if self._probe_gap == PROBE_RARE and not self._hopeless():
+                # Hopeless no more at the costs measured since (c(1) timed on a short
+                # prompt, c(2) on a long one had said so): probe as often as drafting off does.
+                self._probe_gap = self._probe_most()
+                self._quiet_left = min(self._quiet_left, self._probe_gap - 1)
 
     def record_verification(self, match_length: int, k: int, accepted: int) -> None:
         """`accepted` of `k` drafted tokens were confirmed (all before the first rejection)."""

@@ -258,7 +258,8 @@ class _OffPolicy(AdaptiveDraftPolicy):
             super().record_forward(n, seconds)
 
     def record_forward(self, n_tokens, seconds, sequences=1):
-        pass
+        if n_tokens == 1 and seconds is not None:
+            self.timed_plain = getattr(self, "timed_plain", 0) + 1
 
     def quiet(self):  # asked by a drafting step that has nothing to propose
         self.asked = getattr(self, "asked", 0) + 1
@@ -267,7 +268,7 @@ class _OffPolicy(AdaptiveDraftPolicy):
 
 def test_auto_with_drafting_off_decodes_plainly_between_probes(stories_path, stories_alone):
     """Decoding alone with drafting off, the steps between probes run as plain decoding
-    (no proposal, no drafting step), and at each probe the drafter has caught up with the
+    (no proposal, no drafting step, but timed), and at each probe the drafter has caught up with the
     whole confirmed context and the cache holds it but the pending token (the scripted
     drafter checks both); the text is plain decoding's and the cache ends as plain
     decoding leaves it, though the request ends in the middle of such a stretch."""
@@ -299,6 +300,8 @@ def test_auto_with_drafting_off_decodes_plainly_between_probes(stories_path, sto
     assert all(all_logits for (_, _, all_logits), in probes)
     assert len(backend.passes) == 1 + 59  # the prompt, then one pass per token: no more
     assert policy.asked <= 2 * len(probes) + 2  # the other steps never asked the producer
+    # The plain steps were timed all the same (c(1) at the depth decoding is at).
+    assert policy.timed_plain >= 59 - 2 * len(probes)
 
 
 class _FixedCostsPolicy(AdaptiveDraftPolicy):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localllm.speculative.adaptive import (
-    PROBE_FIRST, PROBE_MOST, PROBE_RARE, PROBE_SHARE, AdaptiveDraftPolicy, ForwardCosts, expected_tokens,
+    PROBE_FIRST, PROBE_MOST, PROBE_RARE, PROBE_SHARE, REFRESH_EVERY, AdaptiveDraftPolicy, ForwardCosts, expected_tokens,
 )
 from localllm.speculative.drafter import Draft
 
@@ -233,6 +233,23 @@ def test_quiet_steps_come_at_once_but_for_the_timed_one_before_a_probe():
     assert policy.quiet() and not policy.quiet()  # the last quiet step, then the probe
     policy.unquiet(5)
     assert policy.quiet_steps() == 4
+
+
+def test_hopeless_from_a_short_prompts_plain_steps_is_undone_by_plain_steps_timed_since():
+    """c(1) timed on a short first request (11 ms), probes on a long one (29 ms): drafting
+    looks hopeless and probes come once in PROBE_RARE steps. The plain steps timed since
+    at the long depth (17 ms) undo that at the next re-derivation, and the quiet steps are
+    handed out at most REFRESH_EVERY at a time so that it can take effect."""
+    policy = policy_with_costs({1: 0.011, 2: 0.029})
+    policy.record_forward(1, 0.011)
+    policy.record_verification(3, 1, 1)  # a probe, right
+    assert policy._probe_gap == PROBE_RARE
+    n = policy.quiet_steps()
+    assert n == REFRESH_EVERY
+    for _ in range(n):
+        policy.record_forward(1, 0.017)
+    assert policy._probe_gap == policy._probe_most() < PROBE_RARE
+    assert policy._quiet_left < policy._probe_gap
 
 
 def test_the_plain_pass_after_a_larger_one_is_charged_to_the_larger_one():
