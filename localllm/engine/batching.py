@@ -348,6 +348,21 @@ class RequestScheduler:
         finally:
             r.handle._finish(last)
 
+    def fail_all(self, error: BaseException) -> None:
+        """A step raised where no request's own error was expected (a bug): every running
+        request ends with `error`, each client gets it instead of waiting forever, and
+        the scheduler is empty for the next requests."""
+        for r in list(self.running):
+            r.handle._chunks.put(error)
+            try:
+                if r.stream is not None:
+                    r.stream.close()
+                self._end(r, None)
+            except BaseException:  # its state is what failed: free the place, end the client
+                if r in self.running:
+                    self.running.remove(r)
+                r.handle._finish(None)
+
     def close(self) -> None:
         for r in list(self.running):
             if r.stream is not None:

@@ -182,7 +182,10 @@ class Engine:
             while waiting and (scheduler.has_room or waiting[0][0].cancelled):
                 scheduler.admit(*waiting.popleft())  # a cancelled one ends at once
             if scheduler.running:
-                scheduler.step()
+                try:
+                    scheduler.step()
+                except Exception as e:  # a bug: fail the running requests, keep serving
+                    scheduler.fail_all(e)
 
     def _shutdown(self) -> None:
         self.scheduler.close()

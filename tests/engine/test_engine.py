@@ -90,3 +90,58 @@ def test_prompt_longer_than_context_is_refused(engine):
 def test_engine_call_runs_on_the_engine_thread(engine):
     name = engine.call(lambda backend: threading.current_thread().name)
     assert name == "localllm-engine"
+
+
+class _UnreadableLogits:
+    """Logits a buggy backend might hand back: reading them raises."""
+
+    n_rows = 1
+
+    def numpy(self, row=None):
+        raise RuntimeError("unreadable logits")
+
+    def argmax(self):
+        raise RuntimeError("unreadable logits")
+
+
+class _BuggyOnce:
+    """The real backend, except that while `broken` its passes run but hand back logits
+    that cannot be read: a bug that surfaces inside the engine's step, not in a forward
+    pass (whose errors the scheduler already gives to the requests in it)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.broken = True
+
+    def forward_batch(self, items):
+        rows = self._backend.forward_batch(items)
+        return [_UnreadableLogits() for _ in rows] if self.broken else rows
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+@pytest.mark.timeout(120)
+def test_a_bug_in_a_step_fails_the_requests_and_the_engine_serves_on(stories_path):
+    """Before, an exception out of a step ended the engine thread: every client waited
+    forever, and so did every later request and `call`."""
+    from pathlib import Path
+
+    from localllm.backend.select import load_backend
+    from localllm.config import Settings
+
+    backend = _BuggyOnce(load_backend(str(stories_path), Settings(home=Path("/nonexistent"),
+                                                                  cache_dir=Path("/nonexistent"), ctx_size=512)))
+    with Engine(backend, parallel=2) as e:
+        handles = [e.submit(request(e, p, temperature=0, max_tokens=20)) for p in ("Once upon a time", "Tom ran")]
+        for h in handles:
+            with pytest.raises(RuntimeError, match="unreadable logits"):
+                h.text()
+        assert e.call(lambda b: len(e.scheduler.running)) == 0
+        backend.broken = False
+        again = e.submit(request(e, "Once upon a time", temperature=0, max_tokens=20))
+        text = again.text()
+        assert again.finish_reason == "length" and again.stats.generated_tokens == 20
+    with Engine(load_backend(str(stories_path), Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"),
+                                                         ctx_size=512))) as fresh:
+        assert fresh.submit(request(fresh, "Once upon a time", temperature=0, max_tokens=20)).text() == text
