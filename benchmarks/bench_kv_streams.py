@@ -7,9 +7,13 @@ For each layout and depth it reports:
   decoded alone and decoded in one batch with three others (greedy, `--steps` tokens
   after a prompt of `depth` tokens, each prompt prefilled in a pass of its own; the others
   are prefilled first, so in a unified buffer the sequence's cells sit after theirs).
-  0 means bit-identical. It does not cover prompts split into passes differently: with
-  flash attention off llama.cpp's logits also depend on that (a prefix reused from a
-  cache, a prompt chunk beside other sequences' tokens);
+  0 means bit-identical. It does not cover what the engine adds (prompts of several
+  sequences in one pass, prefixes copied between caches): a stream per sequence with flash
+  attention off still gave 1-2 of 4 SmolLM2 greedy replies that parted from the reply
+  alone when tried in the backend, cause not found. Splitting one sequence's prompt into
+  passes is not it: with flash attention off, 300 prompt tokens fed as 300, 1+299, 299+1,
+  150+150 or 3x100 gave bit-identical logits; with it on, 299+1 gave 0.55 (the last token
+  decoded by the split-KV kernel);
 - decode tokens/s for one sequence and aggregate tokens/s for four decoding together, at
   `depth` cached tokens each (fastest of `--rounds` interleaved rounds: other work on the
   machine only adds time).
