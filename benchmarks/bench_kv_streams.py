@@ -8,9 +8,10 @@ For each layout and depth it reports:
   after a prompt of `depth` tokens, each prompt prefilled in a pass of its own; the others
   are prefilled first, so in a unified buffer the sequence's cells sit after theirs).
   0 means bit-identical. It does not cover what the engine adds (prompts of several
-  sequences in one pass, prefixes copied between caches): a stream per sequence with flash
-  attention off still gave 1-2 of 4 SmolLM2 greedy replies that parted from the reply
-  alone when tried in the backend, cause not found. Splitting one sequence's prompt into
+  sequences in one pass, prefixes copied between caches, drafts): tried in the backend, a
+  stream per sequence with flash attention off gave 4 concurrent SmolLM2 greedy replies
+  equal to the replies alone with drafting off, and 1-2 of 4 parted with `--draft auto`
+  (cause not found). Splitting one sequence's prompt into
   passes is not it: with flash attention off, 300 prompt tokens fed as 300, 1+299, 299+1,
   150+150 or 3x100 gave bit-identical logits; with it on, 299+1 gave 0.55 (the last token
   decoded by the split-KV kernel);

@@ -390,9 +390,9 @@ def choose_flash_attn(model, *, model_path: str, mode: str, kv_type: str, n_ctx:
         # Measured on SmolLM2 Q4_1 (llama.cpp 0.3.36): without flash attention a sequence
         # decoded in one batch with 3 others got logits up to 0.44 away from the same
         # sequence alone, and greedy replies of 40 tokens parted after 1-27 of them; with
-        # it they matched (tests/engine/test_batching.py). It narrows the differences, it
-        # does not remove them: benchmarks/bench_kv_streams.py found up to 0.8 at 100-400
-        # cached tokens and 16.9 at 1,500 with it on. The price is speed: off decodes
+        # it they matched (tests/engine/test_batching.py). The logits still differ:
+        # benchmarks/bench_kv_streams.py found up to 0.8 at 100-400 cached tokens and 16.9
+        # at 1,500 with it on (0.8-1.0 with it off). The price is speed: off decodes
         # faster on every model measured here (SmolLM2 at 1,500 cached tokens: 1.8x for
         # one sequence and for 4 sharing the buffer), see the docstring, bench_kv_streams.
         return AttentionChoice(True, f"flash attention on ({sequences} sequences decode together: without it "

@@ -9,14 +9,17 @@ from localllm.errors import ContextOverflowError
 from localllm.types import GenerationRequest, SamplingParams
 
 
-@pytest.fixture(scope="module")
-def engine(stories_path):
+def _load(stories_path):
     from localllm.backend.select import load_backend
     from localllm.config import Settings
     from pathlib import Path
 
-    backend = load_backend(str(stories_path), Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=512))
-    with Engine(backend) as e:
+    return load_backend(str(stories_path), Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=512))
+
+
+@pytest.fixture(scope="module")
+def engine(stories_path):
+    with Engine(_load(stories_path)) as e:
         yield e
 
 
@@ -104,7 +107,7 @@ class _UnreadableLogits:
         raise RuntimeError("unreadable logits")
 
 
-class _BuggyOnce:
+class _BuggyBackend:
     """The real backend, except that while `broken` its passes run but hand back logits
     that cannot be read: a bug that surfaces inside the engine's step, not in a forward
     pass (whose errors the scheduler already gives to the requests in it)."""
@@ -125,13 +128,7 @@ class _BuggyOnce:
 def test_a_bug_in_a_step_fails_the_requests_and_the_engine_serves_on(stories_path):
     """Before, an exception out of a step ended the engine thread: every client waited
     forever, and so did every later request and `call`."""
-    from pathlib import Path
-
-    from localllm.backend.select import load_backend
-    from localllm.config import Settings
-
-    backend = _BuggyOnce(load_backend(str(stories_path), Settings(home=Path("/nonexistent"),
-                                                                  cache_dir=Path("/nonexistent"), ctx_size=512)))
+    backend = _BuggyBackend(_load(stories_path))
     with Engine(backend, parallel=2) as e:
         handles = [e.submit(request(e, p, temperature=0, max_tokens=20)) for p in ("Once upon a time", "Tom ran")]
         for h in handles:
@@ -142,6 +139,5 @@ def test_a_bug_in_a_step_fails_the_requests_and_the_engine_serves_on(stories_pat
         again = e.submit(request(e, "Once upon a time", temperature=0, max_tokens=20))
         text = again.text()
         assert again.finish_reason == "length" and again.stats.generated_tokens == 20
-    with Engine(load_backend(str(stories_path), Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"),
-                                                         ctx_size=512))) as fresh:
+    with Engine(_load(stories_path)) as fresh:
         assert fresh.submit(request(fresh, "Once upon a time", temperature=0, max_tokens=20)).text() == text
