@@ -8,13 +8,20 @@ For each layout and depth it reports:
   after a prompt of `depth` tokens, each prompt prefilled in a pass of its own; the others
   are prefilled first, so in a unified buffer the sequence's cells sit after theirs).
   0 means bit-identical. It does not cover what the engine adds (prompts of several
-  sequences in one pass, prefixes copied between caches, drafts): tried in the backend, a
-  stream per sequence with flash attention off gave 4 concurrent SmolLM2 greedy replies
-  equal to the replies alone with drafting off, and 1-2 of 4 parted with `--draft auto`
-  (cause not found). Splitting one sequence's prompt into
-  passes is not it: with flash attention off, 300 prompt tokens fed as 300, 1+299, 299+1,
-  150+150 or 3x100 gave bit-identical logits; with it on, 299+1 gave 0.55 (the last token
-  decoded by the split-KV kernel);
+  sequences in one pass, prefixes copied between caches, drafts). With flash attention
+  off llama.cpp computes a sequence's attention with ggml's dot products when a
+  micro-batch holds one token of it and with llamafile's sgemm when it holds several
+  (sgemm declines single rows), which round differently: the same token's logits fed
+  alone or in a pass with others of its sequence were equal for most SmolLM2 prompts
+  (300 tokens as 299+1) and up to 0.76 apart for others (7, 10, 12, 15 ... of one 41-token
+  prompt), while passes of 2, 3 or all tokens always agreed. So a draft (several tokens
+  where plain decoding feeds one), and llama.cpp's split of a prompt chunk beside other
+  sequences' tokens (one token in the shared micro-batch), change a reply: 1-2 of 4
+  concurrent replies parted with `--draft auto`, whose policy drafts differently alone and
+  in a batch. The backend now gives such items passes of their own, and with prompt lookup
+  (same drafts alone and batched) the 4 replies matched; flash attention stays on with
+  drafting (attention_calibration). With it on, 299+1 gave 0.55 (the last token decoded by
+  the split-KV kernel);
 - decode tokens/s for one sequence and aggregate tokens/s for four decoding together, at
   `depth` cached tokens each (fastest of `--rounds` interleaved rounds: other work on the
   machine only adds time).

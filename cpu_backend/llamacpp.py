@@ -1,7 +1,10 @@
 """llama.cpp backend over llama-cpp-python's low-level API.
 
-One `llama_context` per loaded model with a unified KV buffer shared by several
-sequences: each `LlamaCppCache` is one sequence id. Weights are memory-mapped. The hot
+One `llama_context` per loaded model; each `LlamaCppCache` is one sequence id of it.
+With one request at a time (`--parallel 1`) the sequences share one KV buffer, so the
+KV-cache manager's copies of a prefix share its cells. With several decoding together each
+live cache has a KV stream of its own (`kv_unified` off), see `LlamaCppBackend`: a
+sequence computes in a batch what it computes alone. Weights are memory-mapped. The hot
 path (`forward` for one token) fills a preallocated batch through numpy views and returns
 a zero-copy view of llama.cpp's logits. The vocabulary is `LlamaCppVocabulary` over the
 same loaded model.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -36,7 +40,7 @@ from localllm.errors import ContextOverflowError, ModelFileError
 
 KV_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
-# Sequence ids of one context: the caches decoding together (--parallel), the idle
+# Sequence ids of a shared-buffer context: the caches decoding together, the idle
 # working cache the next turn extends, and one spare for the KV-cache manager's copies.
 MIN_SEQUENCES = 8
 # A build with llama.cpp's AMX kernels (compiled in by -march=native on a CPU that has
@@ -63,7 +67,10 @@ class LlamaCppCache:
 
     def __del__(self):  # a forgotten cache must not leak its sequence id
         try:
-            self.close()
+            if not self.closed:
+                # Whatever thread collects it: only free the id, move no other stream.
+                self._backend._release(self, compact=False)
+                self.closed = True
         except Exception:
             pass
 
@@ -96,6 +103,7 @@ class LlamaCppBackend:
         kv_pool: int = 1,
         n_batch: int = 512,
         flash_attn: str = "off",
+        drafting: bool = False,
         calibration_dir: Path | None = None,
         verbose: bool = False,
         gpu_layers: int = 0,
@@ -117,8 +125,8 @@ class LlamaCppBackend:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
 
         cparams = llama_cpp.llama_context_default_params()
-        # The KV buffer holds `kv_pool` full contexts, shared by all caches (unified);
-        # each sequence is still limited to `ctx_size` by `forward`.
+        # The KV memory holds `kv_pool` full contexts; each sequence is limited to
+        # `ctx_size` by `forward`.
         cparams.n_ctx = ctx_size * max(1, kv_pool)
         # One micro-batch per llama_decode call, 512 tokens as llama-server's default
         # ubatch. Measured (prefill of 1,500 / 1,000 cached tokens, 2 threads, 4-5 interleaved
@@ -127,9 +135,26 @@ class LlamaCppBackend:
         # 2,048 over 512-token ubatches matched ours. Nothing to calibrate per model here.
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
-        self.n_sequences = max(MIN_SEQUENCES, kv_pool + 2)
+        # Several sequences decoding together (--parallel > 1) get a KV stream each, as
+        # llama-server's slots do: a sequence's attention reads its own cells only, laid
+        # out as when it runs alone (cell i holds position i), not every sequence's cells
+        # of one shared buffer, where which cells hold a sequence changes how llama.cpp's
+        # dot products round. Measured with benchmarks/bench_kv_streams.py (SmolLM2-135M
+        # Q4_1, 2 threads), 4 sequences decoding together at 100 / 400 / 1,500 cached
+        # tokens each: streams 137 / 126 / 80 tok/s with flash attention off, 136 / 88 /
+        # 36 with it on, one buffer 129 / 85 / 33 (on, as it was forced for several
+        # sequences); with streams and flash attention off a batched sequence's logits
+        # were bit-identical to alone at every depth. Flash attention is on only where
+        # drafting needs it (attention_calibration.choose_flash_attn).
+        # Sliding-window and recurrent models keep the shared buffer (not measured).
+        recurrent = llama_cpp.llama_model_is_recurrent(self._model) or llama_cpp.llama_model_is_hybrid(self._model)
+        self.streams = kv_pool > 1 and not recurrent and llama_cpp.llama_model_n_swa(self._model) <= 0
+        # Streams split the context evenly, one per sequence that may be live at once:
+        # the KV-cache manager keeps no more live caches than requests run together
+        # (the others it keeps are saved states in host memory), see `new_cache`.
+        self.n_sequences = kv_pool if self.streams else max(MIN_SEQUENCES, kv_pool + 2)
         cparams.n_seq_max = self.n_sequences
-        cparams.kv_unified = True
+        cparams.kv_unified = not self.streams
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.type_k = cparams.type_v = KV_GGML_TYPES[kv_type]
@@ -137,7 +162,7 @@ class LlamaCppBackend:
         # attention_calibration): "auto" measures both once per model file and machine.
         choice = choose_flash_attn(self._model, model_path=info.path, mode=flash_attn, kv_type=kv_type,
                                    n_ctx=ctx_size, threads=threads, cache_dir=calibration_dir,
-                                   sequences=max(1, kv_pool))
+                                   sequences=max(1, kv_pool), drafting=drafting)
         self.flash_attn = choice.flash_attn
         self.attention_note = choice.reason
         if verbose:
@@ -164,7 +189,7 @@ class LlamaCppBackend:
 
         # llama.cpp pads the context (and caps the batch to it); the limit is what was asked.
         self.kv_cells = llama_cpp.llama_n_ctx(self._ctx)
-        self.n_ctx = min(ctx_size, self.kv_cells)
+        self.n_ctx = min(ctx_size, self.kv_cells // (self.n_sequences if self.streams else 1))
         self.n_batch = n_batch = min(n_batch, llama_cpp.llama_n_batch(self._ctx))
         self.max_batch_tokens = n_batch
         self.vocabulary = LlamaCppVocabulary(self._model, info.metadata)
@@ -180,20 +205,51 @@ class LlamaCppBackend:
         self._b_logits = np.ctypeslib.as_array(self._batch.logits, shape=(n_batch,))
         self._b_nseq[:] = 1
         self._b_seq_written = [-1] * n_batch  # which seq id each slot's seq_id[i][0] holds
-        self._free_seqs = list(range(self.n_sequences - 1, -1, -1))
+        self._free_seqs = set(range(self.n_sequences))
+        self._live: weakref.WeakValueDictionary[int, LlamaCppCache] = weakref.WeakValueDictionary()
 
     # -- caches ------------------------------------------------------------------------
 
     def new_cache(self) -> LlamaCppCache:
         if not self._free_seqs:
-            raise RuntimeError(f"all {self.n_sequences} KV sequences of this context are in use")
-        return LlamaCppCache(self, self._free_seqs.pop())
+            what = "KV streams (one per request decoding together, --parallel)" if self.streams else "KV sequences"
+            raise RuntimeError(f"all {self.n_sequences} {what} of this context are in use")
+        seq = min(self._free_seqs)  # streams: keep the live ones at the lowest ids (see _release)
+        self._free_seqs.remove(seq)
+        cache = self._live[seq] = LlamaCppCache(self, seq)
+        return cache
 
-    def _release(self, cache: LlamaCppCache) -> None:
+    def _release(self, cache: LlamaCppCache, compact: bool = True) -> None:
         if self._ctx:
             llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, -1, -1)
-            self._free_seqs.append(cache.seq_id)
+            self._live.pop(cache.seq_id, None)
+            free = cache.seq_id
+            if self.streams and compact:
+                free = self._fill_gap(free)
+            self._free_seqs.add(free)
         cache.tokens = []
+
+    def _fill_gap(self, seq: int) -> int:
+        """Moves the live cache with the highest sequence id into the freed `seq` when it
+        is above it, and returns the id left free. llama.cpp puts sequences of separate
+        streams into one micro-batch only when their ids are consecutive: with a gap,
+        every step would compute the model twice. The move copies the cache's cells
+        through its saved state (milliseconds), synchronously, unlike llama.cpp's
+        cross-stream `seq_cp`, which copies at the next decode."""
+        top = max(self._live.keys(), default=-1)
+        if top <= seq:
+            return seq
+        mover = self._live[top]
+        data = self.save_state(mover)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if data and llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(data), seq) == 0:
+            llama_cpp.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            return seq  # not moved: the gap only costs speed
+        llama_cpp.llama_memory_seq_rm(self._mem, top, -1, -1)
+        del self._live[top]
+        mover.seq_id = seq
+        self._live[seq] = mover
+        return top
 
     def trim(self, cache: LlamaCppCache, n_tokens: int) -> None:
         if n_tokens >= len(cache.tokens):
@@ -235,8 +291,9 @@ class LlamaCppBackend:
     def copy_prefix(self, source: LlamaCppCache, cache: LlamaCppCache, n_tokens: int) -> None:
         """`cache` shares `source`'s first `n_tokens` cells in the one KV buffer (llama.cpp
         adds the sequence id to those cells: no keys are copied, none serialized); either
-        sequence writes its later positions to cells of its own."""
-        if not self._trimmable:  # a recurrent state is one cell per sequence: copied whole, as bytes
+        sequence writes its later positions to cells of its own. Between streams the
+        cells are copied, as bytes."""
+        if not self._trimmable or self.streams:  # a recurrent state is one cell per sequence
             copy_through_state(self, source, cache, n_tokens)
             return
         if n_tokens > len(source.tokens) or not self.cache_capability(source).allows(n_tokens):
@@ -314,8 +371,10 @@ class LlamaCppBackend:
         return HostLogits(np.ctypeslib.as_array(ptr, shape=(1, self.vocab_size)))
 
     def forward_batch(self, items: Sequence[BatchItem]) -> list[HostLogits]:
-        """All items in one llama_decode (each cache is one sequence id of the shared KV
-        buffer); the logits rows stay in llama.cpp's output buffer, one view per item."""
+        """All items in one llama_decode (each cache is one sequence id); the logits rows
+        stay in llama.cpp's output buffer, one view per item. With streams, items of
+        several tokens (prompt chunks, drafts) get a llama_decode each, after the
+        one-token items, see below."""
         self._follow_free_cores()
         total = sum(len(item.tokens) for item in items)
         if total > self.n_batch or len(items) == 1:
@@ -324,11 +383,37 @@ class LlamaCppBackend:
             if len(item.cache.tokens) + len(item.tokens) > self.n_ctx:
                 raise ContextOverflowError(f"{len(item.cache.tokens) + len(item.tokens)} tokens do not fit the "
                                            f"context of {self.n_ctx}: use a larger --ctx-size")
+        if not self.streams:
+            groups = [list(range(len(items)))]
+        else:
+            # llama.cpp puts streams in one micro-batch only in ascending, consecutive
+            # sequence order, and with as many tokens of each: a prompt chunk or draft
+            # beside one-token items would have its first token computed in the shared
+            # micro-batch and the rest in another. Without flash attention that token
+            # then rounds differently from the same pass alone (llama.cpp's attention
+            # takes another kernel for one token of a sequence than for several), so each
+            # such item is a pass of its own, as it is alone: as many micro-batches.
+            singles = sorted((k for k, item in enumerate(items) if len(item.tokens) == 1),
+                             key=lambda k: items[k].cache.seq_id)
+            groups = ([singles] if singles else []) + [[k] for k, item in enumerate(items) if len(item.tokens) > 1]
+        out: list[HostLogits | None] = [None] * len(items)
+        for g in groups:
+            rows = self._decode_together(items, g)
+            for k, view in zip(g, rows):  # a later pass overwrites llama.cpp's output buffer
+                out[k] = HostLogits(view if len(groups) == 1 else view.copy())
+        for cache, tokens, _ in items:
+            cache.tokens.extend(tokens)
+        return out
+
+    def _decode_together(self, items: Sequence[BatchItem], order: Sequence[int]) -> list[np.ndarray]:
+        """One llama_decode of `items[k]` for k in `order`, in that order; each one's rows
+        of llama.cpp's output buffer. Caches' token lists are left to the caller; on a
+        failure no item keeps anything past them."""
         batch, written = self._batch, self._b_seq_written
-        batch.n_tokens = total
-        rows_of: list[tuple[int, int]] = []  # each item's rows in the output buffer
+        rows_of: list[tuple[int, int]] = []
         i = n_out = 0
-        for cache, tokens, all_logits in items:
+        for k in order:
+            cache, tokens, all_logits = items[k]
             n, pos0, seq = len(tokens), len(cache.tokens), cache.seq_id
             self._b_token[i:i + n] = tokens
             self._b_pos[i:i + n] = np.arange(pos0, pos0 + n, dtype=np.int32)
@@ -342,18 +427,17 @@ class LlamaCppBackend:
             rows_of.append((n_out, rows))
             n_out += rows
             i += n
+        batch.n_tokens = i
         rc = llama_cpp.llama_decode(self._ctx, batch)
         if rc != 0:
-            for cache, _, _ in items:  # keep nothing of a failed batch
+            for cache, _, _ in items:  # keep nothing of a failed batch (nor of passes before it)
                 llama_cpp.llama_memory_seq_rm(self._mem, cache.seq_id, len(cache.tokens), -1)
             if rc == 1:
-                raise ContextOverflowError(f"no room left in the KV cache ({self.kv_cells} cells shared by "
+                raise ContextOverflowError(f"no room left in the KV cache ({self.kv_cells} cells for "
                                            f"{len(items)} sequences): use a larger --ctx-size or a smaller --parallel")
             raise RuntimeError(f"llama_decode failed with code {rc}")
-        for cache, tokens, _ in items:
-            cache.tokens.extend(tokens)
         out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(n_out, self.vocab_size))
-        return [HostLogits(out[lo:lo + rows]) for lo, rows in rows_of]
+        return [out[lo:lo + rows] for lo, rows in rows_of]
 
     def _fill_batch(self, chunk: Sequence[int], pos0: int, seq_id: int, all_logits: bool, last_chunk: bool) -> None:
         n = len(chunk)

@@ -252,7 +252,13 @@ class RequestScheduler:
             if room <= 0:
                 break
             if not r.decoding:
-                take = r.pending[:room]
+                n = min(room, len(r.pending))
+                # Never one prompt token left for a later pass: a pass of several tokens of
+                # a sequence computes them as one pass of the whole prompt does, a token
+                # fed alone may round otherwise (llama.cpp without flash attention).
+                if len(r.pending) - n == 1 and n > 2:
+                    n -= 1
+                take = r.pending[:n]
                 del r.pending[:len(take)]
                 room -= len(take)
                 items.append(BatchItem(r.cache, take))

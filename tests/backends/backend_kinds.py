@@ -32,18 +32,18 @@ class BackendKind:
     atol: float = 1e-4
 
 
-def _settings(ctx: int, backend: str):
+def _settings(ctx: int, backend: str, parallel: int):
     from localllm.config import Settings
 
     return Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), backend=backend,
-                    ctx_size=ctx, ctx_size_asked=True, threads=1)
+                    ctx_size=ctx, ctx_size_asked=True, threads=1, parallel=parallel)
 
 
-def _table_backend(name: str) -> Callable[[int], Backend]:
+def _table_backend(name: str, parallel: int = 1) -> Callable[[int], Backend]:
     def load(ctx: int) -> Backend:
         from localllm.backend.select import load_backend
 
-        return load_backend(str(require_model("stories260K/stories260K.gguf")), _settings(ctx, name))
+        return load_backend(str(require_model("stories260K/stories260K.gguf")), _settings(ctx, name, parallel))
 
     return load
 
@@ -81,6 +81,9 @@ def _numpy_llama2_vocabulary() -> Tokenizer:
 BACKEND_KINDS = [
     # llama.cpp keeps keys and values in f16: logits computed two ways differ a little more.
     BackendKind("llamacpp", _table_backend("llamacpp"), _gguf_vocabulary, _table_unavailable("llamacpp"), atol=1e-2),
+    # --parallel 4: a KV stream per sequence, at most 4 caches at once (the tests use fewer).
+    BackendKind("llamacpp-streams", _table_backend("llamacpp", parallel=4), _gguf_vocabulary,
+                _table_unavailable("llamacpp"), atol=1e-2),
     BackendKind("mlx", _table_backend("mlx"), _gguf_vocabulary, _table_unavailable("mlx"), atol=1e-3),
     BackendKind("numpy", _numpy_stories, _numpy_llama2_vocabulary),
 ]

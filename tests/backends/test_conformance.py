@@ -1,6 +1,7 @@
 """The backend protocol's rules, checked on every backend this machine can run (one
-parametrised suite; `backend_kinds.BACKEND_KINDS` lists them): llama.cpp, the MLX path
-and the numpy reference.
+parametrised suite; `backend_kinds.BACKEND_KINDS` lists them): llama.cpp (one shared KV
+buffer, and a KV stream per sequence as with --parallel 4), the MLX path and the numpy
+reference.
 
 - greedy decoding from BOS on stories260K writes llama2.c's own reference text;
 - the logits of every fed position equal those of feeding the tokens one by one;

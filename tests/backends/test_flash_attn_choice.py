@@ -223,13 +223,24 @@ def test_a_corrupt_cache_file_is_measured_again(stories_path, tmp_path):
     assert backend.attention_note.startswith("flash attention")
 
 
-def test_auto_is_on_when_several_sequences_decode_together(stories_path, tmp_path):
+def test_auto_is_on_when_several_sequences_decode_together_with_drafting_on(stories_path, tmp_path):
     backend = load_backend(str(stories_path), _settings(tmp_path, flash_attn="auto", parallel=4))
     try:
-        assert backend.flash_attn is True and "4 sequences decode together" in backend.attention_note
+        assert backend.flash_attn is True and "4 sequences decode together with drafting on" in backend.attention_note
     finally:
         backend.close()
     assert not (tmp_path / "cache" / "attention-calibration.json").exists()
+
+
+def test_auto_is_measured_for_several_sequences_with_drafting_off(stories_path, tmp_path):
+    """Each sequence has a KV stream of its own: batched decoding computes what one
+    sequence alone does with flash attention on or off, so the measurement decides."""
+    backend = load_backend(str(stories_path), _settings(tmp_path, flash_attn="auto", parallel=4, draft="none"))
+    try:
+        assert backend.streams and "measured" in backend.attention_note
+    finally:
+        backend.close()
+    assert (tmp_path / "cache" / "attention-calibration.json").exists()
 
 
 def test_off_with_a_quantized_kv_cache_is_a_user_error(tmp_path):

@@ -1,15 +1,18 @@
 """What is particular to the llama.cpp backend on stories260K: sequence ids, byte-fallback
 pieces, the memory report. The protocol's rules are in test_conformance.py."""
 
+from pathlib import Path
+
 from localllm.engine.detokenizer import StreamingDetokenizer
 
 
 def test_closed_caches_return_their_sequence(stories_backend):
-    caches = [stories_backend.new_cache() for _ in range(3)]
+    n = min(3, stories_backend.n_sequences)
+    caches = [stories_backend.new_cache() for _ in range(n)]
     ids = {c.seq_id for c in caches}
     for c in caches:
         c.close()
-    again = [stories_backend.new_cache() for _ in range(3)]
+    again = [stories_backend.new_cache() for _ in range(n)]
     assert {c.seq_id for c in again} == ids
     for c in again:
         c.close()
@@ -36,3 +39,84 @@ def test_memory_report_counts_weights_and_kv(stories_backend):
     assert stories_backend.kv_cells >= stories_backend.n_ctx
     assert mem.kv_cache_bytes == stories_backend.kv_cells * 5 * 4 * 16 * 2
     assert stories_backend.kv_bytes_per_token == 5 * 4 * 16 * 2
+
+
+def test_streams_keep_the_live_caches_at_the_lowest_sequence_ids(stories_path):
+    """With a KV stream per sequence (--parallel above 1), a closed cache's id is taken by
+    the live cache with the highest id (llama.cpp batches streams of consecutive ids
+    only), which goes on exactly where it was; one cache more than the streams is a clear
+    error, never a hang or a crash."""
+    import numpy as np
+    import pytest
+
+    from localllm.backend.select import load_backend
+    from localllm.config import Settings
+
+    backend = load_backend(str(stories_path), Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"),
+                                                       ctx_size=256, threads=1, parallel=3, flash_attn="off"))
+    try:
+        assert backend.streams and backend.n_sequences == 3
+        vocab = backend.vocabulary
+        prompts = [vocab.encode(t) for t in ("Once upon a time", "The little dog", "Tom went to the park")]
+        caches = [backend.new_cache() for _ in prompts]
+        assert [c.seq_id for c in caches] == [0, 1, 2]
+        for cache, prompt in zip(caches, prompts):
+            backend.forward(prompt, cache)
+        with pytest.raises(RuntimeError, match="all 3 KV streams .* in use"):
+            backend.new_cache()
+        caches[0].close()
+        assert caches[2].seq_id == 0 and caches[2].tokens == prompts[2]
+        got = np.array(backend.forward([13], caches[2]).numpy())
+        fresh = backend.new_cache()
+        assert fresh.seq_id == 2
+        backend.forward(prompts[2], fresh)
+        assert np.array_equal(got, backend.forward([13], fresh).numpy())
+        for cache in (caches[1], caches[2], fresh):
+            cache.close()
+    finally:
+        backend.close()
+
+
+def _smollm(path, parallel: int, flash_attn: str):
+    from localllm.backend.select import load_backend
+    from localllm.config import Settings
+
+    return load_backend(str(path), Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"), ctx_size=512,
+                                            threads=1, parallel=parallel, flash_attn=flash_attn, draft="none"))
+
+
+def test_a_prompt_chunk_beside_decoding_streams_computes_what_it_computes_alone(smollm_path):
+    """Several sequences decode in KV streams of their own; a prompt's later chunk fed in
+    the same step as other sequences' tokens gives, row for row, the logits it gives
+    alone. llama.cpp would split it (one token in the micro-batch shared with the others,
+    the rest after), and without flash attention a sequence's single token is computed by
+    another kernel than several (ggml's dot products, llamafile's sgemm), rounding
+    otherwise: SmolLM2's logits differed by up to 0.76 for such a token."""
+    import numpy as np
+
+    from localllm.backend.protocol import BatchItem
+
+    backend = _smollm(smollm_path, 4, "off")
+    try:
+        assert backend.streams and not backend.flash_attn
+        vocab = backend.vocabulary
+        text = vocab.encode("Tom and Sue went to the park to play with their dog, who loved to chase the ball all day")
+        others = [vocab.encode("Once upon a time"), vocab.encode("The little dog")]
+        for cut, chunk in [(4, 3), (5, 2), (9, 6), (11, 2), (14, 6), (19, 2)]:
+            alone = backend.new_cache()
+            backend.forward(text[:cut], alone)
+            expected = np.array(backend.forward(text[cut:cut + chunk], alone, all_logits=True).numpy())
+            alone.close()
+            caches = [backend.new_cache() for _ in range(3)]
+            for cache, prompt in zip(caches, others):
+                backend.forward(prompt, cache)
+            backend.forward(text[:cut], caches[2])
+            rows = backend.forward_batch([BatchItem(caches[0], [vocab.encode(" there")[0]]),
+                                          BatchItem(caches[1], [vocab.encode(" ran")[0]]),
+                                          BatchItem(caches[2], text[cut:cut + chunk], True)])
+            assert np.array_equal(rows[2].numpy(), expected), (cut, chunk)
+            assert [len(c.tokens) for c in caches] == [len(others[0]) + 1, len(others[1]) + 1, cut + chunk]
+            for cache in caches:
+                cache.close()
+    finally:
+        backend.close()

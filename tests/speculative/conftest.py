@@ -14,8 +14,9 @@ def stories_llamacpp(stories_path):
     from localllm.backend.select import load_backend
     from localllm.config import Settings
 
+    # One shared KV buffer (--parallel 1): the tests here hold several caches at once.
     backend = load_backend(str(stories_path), Settings(home=Path("/nonexistent"), cache_dir=Path("/nonexistent"),
-                                                       ctx_size=1024, threads=1))
+                                                       ctx_size=1024, threads=1, parallel=1))
     yield backend
     backend.close()
 
