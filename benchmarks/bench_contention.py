@@ -9,7 +9,8 @@ thread that is not running, and decode collapses. The knobs measured:
   threads 1                    no barrier at all
   N, passive                   OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep instead of spinning
                                (localllm's default from #16 until the short spin replaced it)
-  N, spin 10k                  GOMP_SPINCOUNT=10000: a short spin, then sleep (localllm's default now)
+  N, spin 10k                  GOMP_SPINCOUNT=10000: a short spin, then sleep (localllm's default
+                               until libgomp's own 300k replaced it, cpu_backend/__init__.py)
   default (now)                what localllm does without flags
 Each trial is a fresh `localllm run` process (OpenMP reads its environment once, at
 load), greedy, 32 new tokens, decode tokens/s from `--stats json`. Trials of every

@@ -1,5 +1,5 @@
-"""How llama.cpp's OpenMP threads wait (cpu_backend/__init__.py): a short spin unless the
-user chose a wait policy or a spin count, and that setting reaches the OpenMP runtime
+"""How llama.cpp's OpenMP threads wait (cpu_backend/__init__.py): our spin count unless the
+user chose a wait policy or one of their own, and that setting reaches the OpenMP runtime
 llama.cpp loads (each case in a fresh interpreter: OpenMP reads its environment once)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
 SHOW = "import os, localllm.cpu_backend; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
 
 
-def test_a_short_spin_by_default():
+def test_our_spin_count_by_default():
     from localllm.cpu_backend import SPIN_COUNT
 
     assert _run(SHOW).stdout.split() == ["None", SPIN_COUNT]
