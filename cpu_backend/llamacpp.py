@@ -372,9 +372,9 @@ class LlamaCppBackend:
 
     def forward_batch(self, items: Sequence[BatchItem]) -> list[HostLogits]:
         """All items in one llama_decode (each cache is one sequence id); the logits rows
-        stay in llama.cpp's output buffer, one view per item. With streams, items of
-        several tokens (prompt chunks, drafts) get a llama_decode each, after the
-        one-token items, see below."""
+        stay in llama.cpp's output buffer, one view per item. With streams and flash
+        attention off, items of several tokens (prompt chunks, drafts) get a llama_decode
+        each, after the one-token items, see below."""
         self._follow_free_cores()
         total = sum(len(item.tokens) for item in items)
         if total > self.n_batch or len(items) == 1:
@@ -383,19 +383,23 @@ class LlamaCppBackend:
             if len(item.cache.tokens) + len(item.tokens) > self.n_ctx:
                 raise ContextOverflowError(f"{len(item.cache.tokens) + len(item.tokens)} tokens do not fit the "
                                            f"context of {self.n_ctx}: use a larger --ctx-size")
+        by_seq = sorted(range(len(items)), key=lambda k: items[k].cache.seq_id)
         if not self.streams:
             groups = [list(range(len(items)))]
-        else:
+        elif self.flash_attn:
             # llama.cpp puts streams in one micro-batch only in ascending, consecutive
-            # sequence order, and with as many tokens of each: a prompt chunk or draft
-            # beside one-token items would have its first token computed in the shared
-            # micro-batch and the rest in another. Without flash attention that token
-            # then rounds differently from the same pass alone (llama.cpp's attention
-            # takes another kernel for one token of a sequence than for several), so each
-            # such item is a pass of its own, as it is alone: as many micro-batches.
-            singles = sorted((k for k, item in enumerate(items) if len(item.tokens) == 1),
-                             key=lambda k: items[k].cache.seq_id)
-            groups = ([singles] if singles else []) + [[k] for k, item in enumerate(items) if len(item.tokens) > 1]
+            # sequence order (the output rows follow the batch's order).
+            groups = [by_seq]
+        else:
+            # ... and with as many tokens of each: a prompt chunk or draft beside one-token
+            # items would have its first token computed in the micro-batch shared with
+            # them and the rest in another. Without flash attention that token then rounds
+            # differently from the same pass alone (llama.cpp's attention takes another
+            # kernel for one token of a sequence than for several), so each such item is
+            # a pass of its own, as alone. Flash attention computes each query row alone
+            # (below its split-KV depth), so there the split changes nothing.
+            singles = [k for k in by_seq if len(items[k].tokens) == 1]
+            groups = ([singles] if singles else []) + [[k] for k in by_seq if len(items[k].tokens) > 1]
         out: list[HostLogits | None] = [None] * len(items)
         for g in groups:
             rows = self._decode_together(items, g)
