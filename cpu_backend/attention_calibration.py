@@ -27,10 +27,10 @@ first load pays. Measured on 2 quiet cores at 1,500 cached tokens: stories260K 0
 SmolLM2-135M Q4_1 3 s, the 1.1B Q4_K_M 6 s (4 s at 160 cached; the prompts dominate).
 A machine too busy to finish in `BUDGET_S` gets flash attention off, uncached.
 `--flash-attn on|off` skips it. A quantized V cache (`--kv-type q8_0`) needs flash
-attention in llama.cpp, so it is always on there. So is several sequences decoding
-together with drafting on (`--parallel` above 1 and `--draft` other than none): without
-flash attention a verified draft rounds differently from plain decoding, see
-`choose_flash_attn`; with drafting off the measurement decides for them too.
+attention in llama.cpp, so it is always on there. So is several sequences sharing one
+KV buffer (sliding-window and recurrent models with `--parallel` above 1), see
+`choose_flash_attn`; plain transformers give each sequence a KV stream of its own and the
+measurement decides for them too.
 """
 
 from __future__ import annotations
@@ -379,33 +379,32 @@ def _timings(entry) -> tuple[AttentionTiming, AttentionTiming] | None:
 
 
 def choose_flash_attn(model, *, model_path: str, mode: str, kv_type: str, n_ctx: int, threads: int,
-                      cache_dir: Path | None, sequences: int = 1, drafting: bool = False) -> AttentionChoice:
+                      cache_dir: Path | None, sequences: int = 1) -> AttentionChoice:
     """Flash attention for a context of `n_ctx` tokens: forced by `mode` ("on"/"off"),
-    required by a quantized KV type or by several `sequences` decoding together with
-    `drafting` (speculative decoding on by default), or measured (`mode` "auto") and cached."""
+    required by a quantized KV type or by several `sequences` sharing one KV buffer, or
+    measured (`mode` "auto") and cached."""
     if mode == "on":
         return AttentionChoice(True, "flash attention on (--flash-attn on)")
     if kv_type != "f16":
         return AttentionChoice(True, f"flash attention on (llama.cpp needs it for a {kv_type} KV cache)")
     if mode == "off":
         return AttentionChoice(False, "flash attention off (--flash-attn off)")
-    if sequences > 1 and drafting:
-        # Each sequence has a KV stream of its own (cpu_backend/llamacpp.py), so plain
-        # decoding in a batch computes what it computes alone, with flash attention on or
-        # off. Drafts are what differ: without flash attention llama.cpp computes a
-        # sequence's attention with one kernel when the micro-batch holds one of its tokens
-        # (ggml's dot products) and another when it holds several (llamafile's sgemm,
-        # which declines single rows), and the two round differently. A verified draft
-        # feeds several tokens where plain decoding feeds one, and the drafting policy
-        # drafts differently alone and beside others, so greedy replies part (SmolLM2
-        # Q4_1, 4 prompts of 40 tokens: 2 of 4 replies alone changed with prompt lookup
-        # on; 1-2 of 4 batched replies differed from alone). Flash attention computes
-        # each query row alone, the same for one token or several, below 512 cells of
-        # attention view (256+ cached tokens: there a single token takes its split-KV
-        # path). So with drafting on it stays on; `--draft none` lets the measurement
-        # choose (off is faster at depth: 4 streams at 1,500 cached, 80 tok/s against 36).
-        return AttentionChoice(True, f"flash attention on ({sequences} sequences decode together with drafting on: "
-                                     "without it a draft changes a reply's logits)")
+    if sequences > 1:
+        # Sequences sharing one buffer: without flash attention a sequence decoded beside
+        # others got logits up to 0.44 from alone (SmolLM2 Q4_1) and greedy replies parted.
+        # Sequences with a stream each (every plain transformer, cpu_backend/llamacpp.py)
+        # are not passed here: with flash attention off they decode bit-identically alone
+        # and batched at every depth (benchmarks/bench_kv_streams.py), and it is faster.
+        # Drafting is no reason to force it either. A verified draft feeds a sequence
+        # several tokens where plain decoding feeds one, and llama.cpp rounds the two
+        # differently with flash attention off (llamafile's sgemm for several rows of
+        # attention, ggml's dot products for one) and with it on from 256 cached tokens (a
+        # single token takes the split-KV path): either way a draft can flip a near-tie,
+        # within the tolerance the speculative tests state. Forcing it on for drafting cost
+        # the server's default (--parallel 2, --draft auto) 1.8x in decode at 1,500 cached
+        # tokens (SmolLM2, one stream) for an equality it kept only below 256.
+        return AttentionChoice(True, f"flash attention on ({sequences} sequences share one KV buffer: without it "
+                                     "llama.cpp gives a batched sequence other logits than alone)")
     depth = judged_depth(n_ctx)
     file = cache_dir / CACHE_FILE if cache_dir is not None else None
     key = f"{machine_key(threads)}|{model_key(model_path, kv_type)}|depth {depth}"

@@ -103,7 +103,6 @@ class LlamaCppBackend:
         kv_pool: int = 1,
         n_batch: int = 512,
         flash_attn: str = "off",
-        drafting: bool = False,
         calibration_dir: Path | None = None,
         verbose: bool = False,
         gpu_layers: int = 0,
@@ -144,8 +143,8 @@ class LlamaCppBackend:
         # tokens each: streams 137 / 126 / 80 tok/s with flash attention off, 136 / 88 /
         # 36 with it on, one buffer 129 / 85 / 33 (on, as it was forced for several
         # sequences); with streams and flash attention off a batched sequence's logits
-        # were bit-identical to alone at every depth. Flash attention is on only where
-        # drafting needs it (attention_calibration.choose_flash_attn).
+        # were bit-identical to alone at every depth. So streams leave flash attention to
+        # the calibration, as one sequence does (attention_calibration.choose_flash_attn).
         # Sliding-window and recurrent models keep the shared buffer (not measured).
         recurrent = llama_cpp.llama_model_is_recurrent(self._model) or llama_cpp.llama_model_is_hybrid(self._model)
         self.streams = kv_pool > 1 and not recurrent and llama_cpp.llama_model_n_swa(self._model) <= 0
@@ -162,7 +161,7 @@ class LlamaCppBackend:
         # attention_calibration): "auto" measures both once per model file and machine.
         choice = choose_flash_attn(self._model, model_path=info.path, mode=flash_attn, kv_type=kv_type,
                                    n_ctx=ctx_size, threads=threads, cache_dir=calibration_dir,
-                                   sequences=max(1, kv_pool), drafting=drafting)
+                                   sequences=1 if self.streams else max(1, kv_pool))
         self.flash_attn = choice.flash_attn
         self.attention_note = choice.reason
         if verbose:

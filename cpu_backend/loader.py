@@ -102,7 +102,6 @@ class LlamaCppLoader:
             adapt_threads=settings.threads == 0,
             kv_type=settings.kv_type,
             flash_attn=settings.flash_attn,
-            drafting=settings.draft != "none",
             gpu_layers=settings.gpu_layers,
             calibration_dir=settings.cache_dir,
             verbose=settings.verbose,

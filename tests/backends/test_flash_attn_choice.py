@@ -223,24 +223,36 @@ def test_a_corrupt_cache_file_is_measured_again(stories_path, tmp_path):
     assert backend.attention_note.startswith("flash attention")
 
 
-def test_auto_is_on_when_several_sequences_decode_together_with_drafting_on(stories_path, tmp_path):
-    backend = load_backend(str(stories_path), _settings(tmp_path, flash_attn="auto", parallel=4))
+def test_auto_is_measured_for_several_sequences_with_streams(stories_path, tmp_path):
+    """Each sequence has a KV stream of its own: batched decoding computes what one
+    sequence alone does, so the measurement decides, drafting on (the default) or off."""
+    for draft in ("auto", "none"):
+        backend = load_backend(str(stories_path), _settings(tmp_path, flash_attn="auto", parallel=4, draft=draft))
+        try:
+            assert backend.streams and "measured" in backend.attention_note
+        finally:
+            backend.close()
+    assert (tmp_path / "cache" / "attention-calibration.json").exists()
+
+
+def test_auto_is_on_for_several_sequences_sharing_one_buffer(tmp_path):
+    """A sliding-window model keeps one KV buffer for all sequences, where without flash
+    attention a batched sequence's logits differ from alone: on, nothing measured."""
+    import sys
+
+    from tests.conftest import REPO, models_dir
+
+    sys.path.insert(0, str(REPO / "tests" / "backends"))
+    from cache_kind_models import write_gemma3
+
+    gemma3 = write_gemma3(tmp_path / "gemma3-tiny.gguf", models_dir())
+    backend = load_backend(str(gemma3), _settings(tmp_path, flash_attn="auto", parallel=4))
     try:
-        assert backend.flash_attn is True and "4 sequences decode together with drafting on" in backend.attention_note
+        assert not backend.streams and backend.flash_attn is True
+        assert "4 sequences share one KV buffer" in backend.attention_note
     finally:
         backend.close()
     assert not (tmp_path / "cache" / "attention-calibration.json").exists()
-
-
-def test_auto_is_measured_for_several_sequences_with_drafting_off(stories_path, tmp_path):
-    """Each sequence has a KV stream of its own: batched decoding computes what one
-    sequence alone does with flash attention on or off, so the measurement decides."""
-    backend = load_backend(str(stories_path), _settings(tmp_path, flash_attn="auto", parallel=4, draft="none"))
-    try:
-        assert backend.streams and "measured" in backend.attention_note
-    finally:
-        backend.close()
-    assert (tmp_path / "cache" / "attention-calibration.json").exists()
 
 
 def test_off_with_a_quantized_kv_cache_is_a_user_error(tmp_path):
