@@ -347,8 +347,8 @@ class LlamaCppBackend:
         if start + n_total > self.n_ctx:
             raise ContextOverflowError(start + n_total, self.n_ctx, 0)
         rows = []
-        for lo in range(0, n_total, self.n_batch):
-            chunk = tokens[lo : lo + self.n_batch]
+        for lo, hi in _passes(n_total, self.n_batch):
+            chunk = tokens[lo:hi]
             n = len(chunk)
             last_chunk = lo + n == n_total
             self._fill_batch(chunk, start + lo, cache.seq_id, all_logits, last_chunk)
@@ -493,3 +493,15 @@ class LlamaCppBackend:
             self.close()
         except Exception:
             pass
+
+
+def _passes(n_total: int, n_batch: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each llama_decode a prompt of `n_total` tokens is fed in: batches of
+    `n_batch`, except that a last pass of one token takes one from the pass before it.
+    Without flash attention llama.cpp computes a lone token by other kernels than several
+    (see kvcache.manager.FED_AT_LEAST): the prompt's last token then rounds as it does when
+    the prompt arrives whole or cached."""
+    bounds = list(range(0, n_total, n_batch)) + [n_total]
+    if n_batch > 1 and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds[-2] -= 1
+    return list(zip(bounds, bounds[1:]))

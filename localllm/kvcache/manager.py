@@ -45,6 +45,15 @@ from localllm.kvcache.prefix import common_prefix_length, splice_onto_cache
 
 # Parking a diverging working cache is only worth it for a tail this long.
 MIN_PARK_TAIL = 32
+# The last this many prompt tokens are always fed, even when the cache holds them: a
+# prompt's last token then goes through the same kernels whether the prompt was cached or
+# not. llama.cpp computes attention for one token of a sequence with other kernels than
+# for several (without flash attention: ggml's dot products, llamafile's sgemm from 2
+# rows; with it, a single token's split-KV path from 256 cached tokens), which round
+# differently: SmolLM2 Q4_1's last-token logits fed alone differed from the whole pass
+# by up to 0.76 (7 of 40 prefixes of one prompt), so sending the same prompt twice could
+# give two greedy replies; fed as the last 2 or 3 tokens they matched the whole pass.
+FED_AT_LEAST = 2
 
 
 @dataclass
@@ -163,7 +172,7 @@ class KVCacheManager:
         if spliced is not None:
             prompt = spliced
         self.stats.prompt_tokens += len(prompt)
-        usable = len(prompt) - 1  # the last prompt token is always fed, for its logits
+        usable = max(0, len(prompt) - FED_AT_LEAST)  # fed again for its logits, see FED_AT_LEAST
         found_here = min(common_prefix_length(cache.tokens, prompt), usable)
         here = _exact(found_here, self.backend.cache_capability(cache).min_tokens)
         longest = found_here  # the longest cached prefix, exact or not
@@ -202,7 +211,7 @@ class KVCacheManager:
         self.stats.prompt_tokens += len(prompt)
         if not self.enabled:
             return Lease(cache, 0, "none", prompt)
-        usable = len(prompt) - 1
+        usable = max(0, len(prompt) - FED_AT_LEAST)
         # A running request's cache is copied (`copy_prefix`: llama.cpp shares the cells in
         # place), and the copy holds exactly what the live cache holds.
         sources = [(live, live.tokens, self.backend.cache_capability(live).min_tokens) for live in self.lent]

@@ -120,3 +120,37 @@ def test_a_prompt_chunk_beside_decoding_streams_computes_what_it_computes_alone(
                 cache.close()
     finally:
         backend.close()
+
+
+def test_a_cached_prompt_fed_its_last_tokens_again_gets_the_logits_of_the_whole_pass(smollm_path):
+    """The KV-cache manager feeds a cached prompt's last FED_AT_LEAST tokens again
+    (kvcache/manager.py): those logits must be the ones the whole prompt's pass gave, so a
+    prompt sent twice gets the same greedy reply. Without flash attention llama.cpp
+    computes a lone token of a sequence by other kernels than several, and the last token
+    fed alone differed from the whole pass for some prefixes (SmolLM2: up to 0.76)."""
+    import numpy as np
+
+    from localllm.kvcache.manager import FED_AT_LEAST
+
+    backend = _smollm(smollm_path, 1, "off")
+    try:
+        assert not backend.flash_attn and FED_AT_LEAST >= 2
+        text = backend.vocabulary.encode("Once upon a time, a little girl named Lily found a shiny red ball "
+                                         "under the big green tree in the park near her house, and she ran home")
+        lone_differs = 0
+        for n in range(6, len(text) + 1):
+            whole = backend.new_cache()
+            expected = np.array(backend.forward(text[:n], whole).numpy(-1))
+            whole.close()
+            for fed in (FED_AT_LEAST, 1):
+                cache = backend.new_cache()
+                backend.forward(text[:n - fed], cache)
+                got = np.array(backend.forward(text[n - fed:n], cache).numpy(-1))
+                cache.close()
+                if fed == 1:
+                    lone_differs += not np.array_equal(got, expected)
+                else:
+                    assert np.array_equal(got, expected), n
+        print(f"the last token fed alone differed from the whole pass for {lone_differs} of {len(text) - 5} prefixes")
+    finally:
+        backend.close()

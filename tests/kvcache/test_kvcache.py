@@ -11,6 +11,7 @@ from localllm.config import load_settings
 from localllm.kvcache.prefix import common_prefix_length
 from localllm.errors import ContextOverflowError
 from localllm.kvcache import KVCacheManager, OverflowPolicy, SnapshotStore, fit_messages
+from localllm.kvcache.manager import FED_AT_LEAST
 from localllm.kvcache.snapshots import MAGIC
 from localllm.runtime import load_model
 from localllm.types import GenerationRequest, Message, SamplingParams
@@ -97,7 +98,7 @@ def test_shared_prefix_is_prefilled_once_and_the_other_conversation_parked(any_b
         assert runner.last_source == "working" and manager.stats.parks == 1
         s3 = runner.run(first)  # the first conversation was parked, not lost
         assert runner.last_source == "parked"
-        assert s3.cached_tokens == len(first) - 1
+        assert s3.cached_tokens == len(first) - FED_AT_LEAST
         assert manager.stats.hits == 2 and manager.stats.hit_rate == pytest.approx(2 / 3)
         # Only the working cache lives in the KV buffer: decode attends over nothing else.
         assert len(manager.working.tokens) <= len(first) + 4
@@ -130,7 +131,7 @@ def test_snapshot_survives_a_process_restart(stories_path, isolated_home):
     s1 = json.loads(first.stderr.strip().splitlines()[-1])
     s2 = json.loads(second.stderr.strip().splitlines()[-1])
     assert s1["prompt_tokens"] > 256 and s1["cached_tokens"] == 0
-    assert s2["cached_tokens"] >= s2["prompt_tokens"] - 1  # loaded from disk, not prefilled
+    assert s2["cached_tokens"] >= s2["prompt_tokens"] - FED_AT_LEAST  # loaded from disk, not prefilled
     assert first.stdout == second.stdout
     snapshots = list((isolated_home / "cache" / "kv-snapshots").rglob("*.kvsnap"))
     assert len(snapshots) == 1  # the second run's longer snapshot replaced the first

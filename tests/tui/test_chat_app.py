@@ -10,6 +10,7 @@ from localllm.tui.screens.dialogs import ConfirmDialog, ErrorDialog
 from localllm.tui.screens.help import HelpScreen
 from localllm.tui.screens.model_picker import ModelPickerScreen
 from localllm.tui.store import ConversationStore
+from localllm.kvcache.manager import FED_AT_LEAST
 
 from .conftest import run, screen_text, send, wait_for, wait_loaded, wait_reply_done, wait_screen
 
@@ -158,7 +159,7 @@ def test_regenerate_and_edit_reuse_the_kv_cache(make_app, isolated_home):
             assert [m.role for m in msgs] == ["user", "assistant"]
             assert msgs[1].content == first_reply  # greedy: the same reply again
             # The whole prompt was still cached, so the engine reused it.
-            assert msgs[1].stats["cached_tokens"] >= msgs[1].stats["prompt_tokens"] - 1
+            assert msgs[1].stats["cached_tokens"] >= msgs[1].stats["prompt_tokens"] - FED_AT_LEAST
 
             await pilot.press("ctrl+e")
             assert app.chat.prompt.text == "Once upon a time there was a dog"
@@ -395,7 +396,10 @@ def test_a_streaming_reply_is_saved_line_by_line(make_app, isolated_home):
 
     from localllm.tui.store import ConversationSettings
 
-    app = make_app(delay_s=0.01, conversation_defaults=ConversationSettings(temperature=0.0, max_tokens=200))
+    # Tokens 50 ms apart: the pilot's key press returns once the app is idle, and with
+    # tokens 10 ms apart (as fast as stories260K then decodes here) the app was never idle
+    # until the reply had ended, so nothing was seen streaming.
+    app = make_app(delay_s=0.05, conversation_defaults=ConversationSettings(temperature=0.0, max_tokens=200))
     checks = []
 
     async def scenario():
