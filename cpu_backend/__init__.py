@@ -5,9 +5,9 @@ at a barrier after every graph node, and how a thread waits there decides the sp
 - A spin that is too short (`GOMP_SPINCOUNT=10000`, about 0.1 ms: our earlier
   default) ends before the engine has sampled a token and started the next pass, so the
   worker threads sleep and every decode step starts with a futex wake-up. Against
-  llama-server (benchmarks/bench_server_variants.py: bench_vs_llama_server's requests, one
-  localllm server per spin count, 2 threads, 7-9 interleaved rounds, medians): 1.1B
-  Q4_K_M decode 0.976x with 10k, 0.992x with 30k, 1.002x with 300k; SmolLM2-135M Q4_1
+  llama-server (a probe on bench_vs_llama_server's requests, one localllm server per
+  spin count, which benchmarks/bench_server_variants.py repeats with `--variant`; 2
+  threads, 7-9 interleaved rounds, medians): 1.1B Q4_K_M decode 0.976x with 10k, 0.992x with 30k, 1.002x with 300k; SmolLM2-135M Q4_1
   decode 0.973x / 0.974x / 1.015x, its 4-stream aggregate 0.994x with 10k, 1.021x with 300k.
   `localllm run` without --threads: 84 tok/s with 10k, 93 with 300k (bench_contention,
   SmolLM2, 3 rounds).
