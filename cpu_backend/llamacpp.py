@@ -372,8 +372,8 @@ class LlamaCppBackend:
     def forward_batch(self, items: Sequence[BatchItem]) -> list[HostLogits]:
         """All items in one llama_decode (each cache is one sequence id); the logits rows
         stay in llama.cpp's output buffer, one view per item. With streams and flash
-        attention off, items of several tokens (prompt chunks, drafts) get a llama_decode
-        each, after the one-token items, see below."""
+        attention off, items of several tokens (prompt chunks, drafts) get passes of
+        their own after the one-token items, as many tokens of each in a pass, see below."""
         self._follow_free_cores()
         total = sum(len(item.tokens) for item in items)
         if total > self.n_batch or len(items) == 1:
@@ -383,50 +383,58 @@ class LlamaCppBackend:
                 raise ContextOverflowError(f"{len(item.cache.tokens) + len(item.tokens)} tokens do not fit the "
                                            f"context of {self.n_ctx}: use a larger --ctx-size")
         by_seq = sorted(range(len(items)), key=lambda k: items[k].cache.seq_id)
-        if not self.streams:
-            groups = [list(range(len(items)))]
-        elif self.flash_attn:
-            # llama.cpp puts streams in one micro-batch only in ascending, consecutive
-            # sequence order (the output rows follow the batch's order).
-            groups = [by_seq]
+        whole = [[(k, 0, len(items[k].tokens)) for k in order] for order in
+                 ([range(len(items))] if not self.streams else [by_seq])]
+        if not self.streams or self.flash_attn:
+            # One pass. With streams llama.cpp puts them in one micro-batch only in
+            # ascending, consecutive sequence order (the output rows follow the batch's).
+            passes = whole
         else:
             # ... and with as many tokens of each: a prompt chunk or draft beside one-token
             # items would have its first token computed in the micro-batch shared with
             # them and the rest in another. Without flash attention that token then rounds
             # differently from the same pass alone (llama.cpp's attention takes another
-            # kernel for one token of a sequence than for several), so each such item is
-            # a pass of its own, as alone. Flash attention computes each query row alone
-            # (below its split-KV depth), so there the split changes nothing.
-            singles = [k for k in by_seq if len(items[k].tokens) == 1]
-            groups = ([singles] if singles else []) + [[k] for k in by_seq if len(items[k].tokens) > 1]
-        out: list[HostLogits | None] = [None] * len(items)
-        for g in groups:
-            rows = self._decode_together(items, g)
-            for k, view in zip(g, rows):  # a later pass overwrites llama.cpp's output buffer
-                out[k] = HostLogits(view if len(groups) == 1 else view.copy())
+            # kernel for one token of a sequence than for several). So the one-token items
+            # make one pass, and the others passes where each has the same number of
+            # tokens, never leaving one token for later (`equal_passes`): a sequence fed
+            # in slices of two or more tokens computes what one pass of them computes.
+            # Flash attention computes each query row alone (below its split-KV depth),
+            # so there the split changes nothing.
+            singles = [(k, 0, 1) for k in by_seq if len(items[k].tokens) == 1]
+            passes = ([singles] if singles else []) + equal_passes(
+                [(k, len(items[k].tokens)) for k in by_seq if len(items[k].tokens) > 1])
+        out: list[list[np.ndarray]] = [[] for _ in items]
+        for segments in passes:
+            rows = self._decode_together(items, segments)
+            for (k, _, _), view in zip(segments, rows):  # a later pass overwrites llama.cpp's output buffer
+                out[k].append(view if len(passes) == 1 else view.copy())
         for cache, tokens, _ in items:
             cache.tokens.extend(tokens)
-        return out
+        return [HostLogits(rows[0] if len(rows) == 1 else np.concatenate(rows)) for rows in out]
 
-    def _decode_together(self, items: Sequence[BatchItem], order: Sequence[int]) -> list[np.ndarray]:
-        """One llama_decode of `items[k]` for k in `order`, in that order; each one's rows
-        of llama.cpp's output buffer. Caches' token lists are left to the caller; on a
-        failure no item keeps anything past them."""
+    def _decode_together(self, items: Sequence[BatchItem], segments: Sequence[tuple[int, int, int]]) -> list[np.ndarray]:
+        """One llama_decode of `items[k].tokens[lo:hi]` for each (k, lo, hi) of
+        `segments`, in that order (an item's earlier slices fed by earlier passes); the
+        rows of llama.cpp's output buffer each segment asked for: every position for an
+        item that wants all logits, else the last position of an item's last slice. The
+        caches' token lists are left to the caller; on a failure no item keeps anything
+        past them."""
         batch, written = self._batch, self._b_seq_written
         rows_of: list[tuple[int, int]] = []
         i = n_out = 0
-        for k in order:
+        for k, lo, hi in segments:
             cache, tokens, all_logits = items[k]
-            n, pos0, seq = len(tokens), len(cache.tokens), cache.seq_id
-            self._b_token[i:i + n] = tokens
+            n, pos0, seq = hi - lo, len(cache.tokens) + lo, cache.seq_id
+            self._b_token[i:i + n] = tokens[lo:hi]
             self._b_pos[i:i + n] = np.arange(pos0, pos0 + n, dtype=np.int32)
             self._b_logits[i:i + n] = 1 if all_logits else 0
-            self._b_logits[i + n - 1] = 1
+            if hi == len(tokens):
+                self._b_logits[i + n - 1] = 1
             for j in range(i, i + n):
                 if written[j] != seq:
                     batch.seq_id[j][0] = seq
                     written[j] = seq
-            rows = n if all_logits else 1
+            rows = n if all_logits else int(hi == len(tokens))
             rows_of.append((n_out, rows))
             n_out += rows
             i += n
@@ -439,7 +447,7 @@ class LlamaCppBackend:
                 raise ContextOverflowError(f"no room left in the KV cache ({self.kv_cells} cells for "
                                            f"{len(items)} sequences): use a larger --ctx-size or a smaller --parallel")
             raise RuntimeError(f"llama_decode failed with code {rc}")
-        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(n_out, self.vocab_size))
+        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(max(1, n_out), self.vocab_size))
         return [out[lo:lo + rows] for lo, rows in rows_of]
 
     def _fill_batch(self, chunk: Sequence[int], pos0: int, seq_id: int, all_logits: bool, last_chunk: bool) -> None:
@@ -505,3 +513,27 @@ def _passes(n_total: int, n_batch: int) -> list[tuple[int, int]]:
     if n_batch > 1 and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
         bounds[-2] -= 1
     return list(zip(bounds, bounds[1:]))
+
+
+def equal_passes(lengths: Sequence[tuple[int, int]]) -> list[list[tuple[int, int, int]]]:
+    """Passes feeding items of (key, n >= 2 tokens), in the given order: each pass a list of
+    (key, lo, hi) slices, all of one length, and no item left with a lone token for a
+    later pass. Each pass takes the shortest remainder's length from every item, except
+    from those it would leave one token short (they wait for a later pass). Items of
+    equal length (the drafts of several streams, mostly) share one pass; drafts of 4, 4
+    and 6 tokens take two (4 of each, then 2), prompts of 40 and 41 tokens two (40, 41).
+    llama.cpp would split unequal items so too (one micro-batch per length), but leave
+    a lone token where the difference is one."""
+    left = {key: n for key, n in lengths}
+    fed = dict.fromkeys(left, 0)
+    passes = []
+    while left:
+        t = min(left.values())
+        segments = [(key, fed[key], fed[key] + t) for key in left if left[key] - t != 1]
+        passes.append(segments)
+        for key, _, _ in segments:
+            fed[key] += t
+            left[key] -= t
+            if not left[key]:
+                del left[key]
+    return passes

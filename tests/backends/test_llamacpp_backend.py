@@ -122,6 +122,56 @@ def test_a_prompt_chunk_beside_decoding_streams_computes_what_it_computes_alone(
         backend.close()
 
 
+def test_drafts_and_prompt_chunks_of_several_streams_share_passes_and_compute_what_they_compute_alone(smollm_path):
+    """Items of several tokens beside each other (the drafts of several streams, prompts
+    arriving together) are fed in passes of as many tokens of each (equal_passes), each
+    computing row for row what it computes alone, one-token items beside them included."""
+    import numpy as np
+
+    from localllm.backend.protocol import BatchItem
+    from localllm.cpu_backend.llamacpp import equal_passes
+
+    assert equal_passes([(0, 4), (1, 4), (2, 6)]) == [[(0, 0, 4), (1, 0, 4), (2, 0, 4)], [(2, 4, 6)]]
+    assert equal_passes([(0, 40), (1, 41)]) == [[(0, 0, 40)], [(1, 0, 41)]]
+    assert equal_passes([(5, 7), (3, 5), (9, 2)]) == [[(5, 0, 2), (3, 0, 2), (9, 0, 2)], [(5, 2, 5), (3, 2, 5)], [(5, 5, 7)]]
+    for lengths in ([(0, 2), (1, 3), (2, 9), (3, 9)], [(0, 30), (1, 31), (2, 33), (3, 2)]):
+        fed = {}
+        for segments in equal_passes(lengths):
+            assert len({hi - lo for _, lo, hi in segments}) == 1
+            for key, lo, hi in segments:
+                assert fed.get(key, 0) == lo and hi - lo >= 2
+                fed[key] = hi
+        assert fed == dict(lengths)
+
+    backend = _smollm(smollm_path, 4, "off")
+    try:
+        assert backend.streams and not backend.flash_attn
+        vocab = backend.vocabulary
+        texts = [vocab.encode(t) for t in ("Tom and Sue went to the park to play with their dog, who loved to chase",
+                                           "Once upon a time there was a little girl named Lily who liked to",
+                                           "The big red ball rolled down the hill and into the pond where the",
+                                           "A small bird sat on the branch of the old oak tree and sang a song")]
+        for cuts, lengths in [((5, 6, 7, 4), (4, 4, 1, 6)), ((3, 3, 3, 3), (5, 6, 2, 5)), ((4, 2, 6, 3), (1, 9, 8, 1))]:
+            expected = []
+            for text, cut, n in zip(texts, cuts, lengths):
+                alone = backend.new_cache()
+                backend.forward(text[:cut], alone)
+                expected.append(np.array(backend.forward(text[cut:cut + n], alone, all_logits=True).numpy()))
+                alone.close()
+            caches = [backend.new_cache() for _ in texts]
+            for cache, text, cut in zip(caches, texts, cuts):
+                backend.forward(text[:cut], cache)
+            rows = backend.forward_batch([BatchItem(cache, text[cut:cut + n], True)
+                                          for cache, text, cut, n in zip(caches, texts, cuts, lengths)])
+            for k, (got, want) in enumerate(zip(rows, expected)):
+                assert np.array_equal(got.numpy(), want), (cuts, lengths, k)
+            assert [len(c.tokens) for c in caches] == [c + n for c, n in zip(cuts, lengths)]
+            for cache in caches:
+                cache.close()
+    finally:
+        backend.close()
+
+
 def test_a_cached_prompt_fed_its_last_tokens_again_gets_the_logits_of_the_whole_pass(smollm_path):
     """The KV-cache manager feeds a cached prompt's last FED_AT_LEAST tokens again
     (kvcache/manager.py): those logits must be the ones the whole prompt's pass gave, so a
