@@ -119,8 +119,8 @@ def test_the_prior_tries_where_batches_are_cheap_and_waits_for_probes_where_not(
     assert policy_with_costs({n: 1.0 + 0.05 * (n - 1) for n in range(1, 10)}).choose(DRAFT8, 8) > 0
     steep = policy_with_costs({n: 1.0 + 0.3 * (n - 1) for n in range(1, 10)})
     choices = [steep.choose(DRAFT8, 8) for _ in range(PROBE_FIRST)]
-    assert choices == [0] * (PROBE_FIRST - 1) + [1]
-    steep.record_verification(3, 1, 1)  # the probe was right: draft
+    assert choices == [0] * (PROBE_FIRST - 1) + [8]  # a probe verifies the whole draft
+    steep.record_verification(3, 8, 8)  # the probe was right: draft
     assert steep.choose(DRAFT8, 8) > 0
 
 
@@ -132,13 +132,14 @@ def test_turns_off_on_rejections_probes_and_turns_back_on():
     for _ in range(20):
         policy.record_verification(3, 4, 0)
     choices = [policy.choose(DRAFT8, 8) for _ in range(PROBE_FIRST)]
-    assert choices[:-1] == [0] * (PROBE_FIRST - 1) and choices[-1] == 1  # off, then one probe
-    policy.record_verification(3, 1, 0)  # the probe fails: the interval doubles
+    assert choices[:-1] == [0] * (PROBE_FIRST - 1) and choices[-1] == 8  # off, then one probe
+    policy.record_verification(3, 8, 0)  # the probe fails: the interval doubles
     choices = [policy.choose(DRAFT8, 8) for _ in range(2 * PROBE_FIRST)]
-    assert choices.count(1) == 1 and choices[-1] == 1
+    assert choices.count(8) == 1 and choices[-1] == 8
     for _ in range(50):  # probes keep failing: the interval stops growing at PROBE_MOST
         policy.record_verification(3, 1, 0)
-    assert policy._stats(3).probe_interval == PROBE_MOST
+    # (a probe of 9 tokens costs 2.4 steps: 240 keeps probes at PROBE_SHARE of the time)
+    assert policy._stats(3).probe_interval == policy._probe_most() == int(2.4 / PROBE_SHARE) > PROBE_MOST
     for _ in range(15):  # the text turned repetitive: probes succeed, drafting comes back
         policy.record_verification(3, 1, 1)
     assert policy.choose(DRAFT8, 8) > 1
@@ -193,12 +194,12 @@ def test_all_off_steps_skip_proposals_until_a_probe_whose_interval_grows_with_it
     assert policy.is_off()
     quiet = [policy.quiet() for _ in range(PROBE_FIRST)]
     assert quiet == [True] * (PROBE_FIRST - 1) + [False]  # the last one proposes: a probe
-    assert policy.choose(DRAFT8, 8) == 1
+    assert policy.choose(DRAFT8, 8) == 8
     gaps = []
     for _ in range(10):
         policy.record_verification(3, 1, 0)
         gaps.append(policy._probe_gap)
-    assert gaps[0] == 2 * PROBE_FIRST and gaps[-1] == int(1.0 / PROBE_SHARE) > PROBE_MOST
+    assert gaps[0] == 2 * PROBE_FIRST and gaps[-1] == int(2.0 / PROBE_SHARE) > PROBE_MOST  # a probe: c(9) = 3 steps
     policy.record_verification(3, 1, 1)
     assert policy._probe_gap == gaps[-1]
     skipped = 0
@@ -267,3 +268,18 @@ def test_the_plain_pass_after_a_larger_one_is_charged_to_the_larger_one():
     assert policy.quiet_steps() == 0
     policy.record_forward(1, 1.0)
     assert policy.quiet_steps() > 0
+
+
+def test_a_probe_measures_the_pass_drafting_would_run_where_costs_grow_unevenly():
+    """On an AVX-512 EPYC (2 threads) SmolLM2's 2-token pass cost 15 ms against 7.1 for
+    one, its 9-token pass 34: extrapolated from c(2), no draft could pay, and 1-token
+    probes kept it so while always drafting decoded the benchmark's copying stream 2x
+    faster. A probe verifies the whole draft, and its pass's cost turns drafting on."""
+    policy = policy_with_costs({1: 0.0071, 2: 0.015})
+    assert policy.is_off() and policy._hopeless()
+    choices = [policy.choose(DRAFT8, 8) for _ in range(PROBE_FIRST)]
+    assert choices == [0] * (PROBE_FIRST - 1) + [8]
+    policy.record_forward(9, 0.034)
+    policy.record_verification(3, 8, 8)
+    assert not policy.is_off() and policy._probe_gap < PROBE_RARE
+    assert policy.choose(DRAFT8, 8) >= 4
