@@ -61,7 +61,8 @@ def start_servers(path: Path, variants: list[tuple[str, dict, list]], args) -> l
     port = vs._free_port()
     servers = [vs.Server("llama-server", [str(llama_server), "-m", str(path), "-t", str(args.threads),
                                           "-c", str(4 * args.ctx), "--parallel", "4", "--port", str(port),
-                                          "--host", "127.0.0.1", "--no-webui", "--no-repack"], port, env=vs.USER_ENV)]
+                                          "--host", "127.0.0.1", "--no-webui", *vs.same_weight_layout()], port,
+                               env=vs.USER_ENV)]
     for label, extra_env, extra_argv in variants:
         home = tempfile.mkdtemp(prefix="bench-localllm-")
         env = dict(vs.USER_ENV, LOCALLLM_HOME=home, LOCALLLM_CONFIG=os.path.join(home, "config.toml"), **extra_env)

@@ -6,9 +6,8 @@ llama-cpp-python's sdist (benchmarks/llama_server_build.py; cached in the user c
 folder, never committed), so both run the same llama.cpp revision. llama-server keeps its
 defaults (flash attention auto) except `--parallel 4`, `-c` 4 x --ctx (llama-server splits
 its context between its slots: each gets --ctx, the most one localllm sequence may hold)
-and `--no-repack` (this VM's AMX
-kernels crash on batches of quantized weights; localllm's backend keeps weights out of
-those buffers for the same reason, cpu_backend/llamacpp.py AMX_BUILD); localllm runs with
+and, where localllm keeps weights out of llama.cpp's repacked buffers, `--no-repack`
+(`same_weight_layout`); localllm runs with
 `--parallel 4` and its defaults (flash attention measured at load; `--draft` as given, auto by
 default: `--draft none` compares the two engines alone). Both start from the environment the
 bench was given: llama-server once inherited localllm's OpenMP setting from this process
@@ -123,6 +122,19 @@ class Server:
             self.proc.kill()
 
 
+def same_weight_layout() -> list[str]:
+    """llama-server's flag for the weight layout localllm's backend uses: `--no-repack` on a
+    build with llama.cpp's AMX kernels (they crashed on batches of quantized weights on
+    the Xeon VM this started on; cpu_backend/llamacpp.py AMX_BUILD keeps weights out of
+    every extra buffer there), else nothing: both repack (llama-server's default). Measured
+    on an AVX-512 EPYC (2 threads, the 1.1B Q4_K_M, 400-token prompt): repacked weights
+    prefill 31% slower (172 against 250 tok/s) and decode 20% faster (43 against 36),
+    so comparing one layout with the other measures the layout, not the engines."""
+    from localllm.cpu_backend.llamacpp import AMX_BUILD
+
+    return ["--no-repack"] if AMX_BUILD else []
+
+
 def eos_bias(model_path: Path) -> dict:
     from localllm.cpu_backend.vocab import LlamaCppVocabulary
 
@@ -177,7 +189,7 @@ def bench_model(label: str, path: Path, args, llama_server: Path) -> list[str]:
     servers = [
         Server("llama-server", [str(llama_server), "-m", str(path), "-t", str(args.threads), "-c", str(4 * args.ctx),
                                 "--parallel", "4", "--port", str(p1), "--host", "127.0.0.1", "--no-webui",
-                                "--no-repack"], p1, env=USER_ENV),
+                                *same_weight_layout()], p1, env=USER_ENV),
         Server("localllm", [sys.executable, "-m", "localllm", "serve", "--model", str(path), "--threads", str(args.threads),
                             "--ctx-size", str(args.ctx), "--parallel", "4", "--port", str(p2), "--draft", args.draft],
                p2, env=env),
