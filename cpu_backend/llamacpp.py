@@ -383,12 +383,10 @@ class LlamaCppBackend:
                 raise ContextOverflowError(f"{len(item.cache.tokens) + len(item.tokens)} tokens do not fit the "
                                            f"context of {self.n_ctx}: use a larger --ctx-size")
         by_seq = sorted(range(len(items)), key=lambda k: items[k].cache.seq_id)
-        whole = [[(k, 0, len(items[k].tokens)) for k in order] for order in
-                 ([range(len(items))] if not self.streams else [by_seq])]
         if not self.streams or self.flash_attn:
             # One pass. With streams llama.cpp puts them in one micro-batch only in
             # ascending, consecutive sequence order (the output rows follow the batch's).
-            passes = whole
+            passes = [[(k, 0, len(items[k].tokens)) for k in (by_seq if self.streams else range(len(items)))]]
         else:
             # ... and with as many tokens of each: a prompt chunk or draft beside one-token
             # items would have its first token computed in the micro-batch shared with
@@ -418,7 +416,8 @@ class LlamaCppBackend:
         rows of llama.cpp's output buffer each segment asked for: every position for an
         item that wants all logits, else the last position of an item's last slice. The
         caches' token lists are left to the caller; on a failure no item keeps anything
-        past them."""
+        past them. Every pass ends at least one item (`equal_passes` takes the shortest
+        remainder whole), so it always has a row to return."""
         batch, written = self._batch, self._b_seq_written
         rows_of: list[tuple[int, int]] = []
         i = n_out = 0
@@ -447,7 +446,7 @@ class LlamaCppBackend:
                 raise ContextOverflowError(f"no room left in the KV cache ({self.kv_cells} cells for "
                                            f"{len(items)} sequences): use a larger --ctx-size or a smaller --parallel")
             raise RuntimeError(f"llama_decode failed with code {rc}")
-        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(max(1, n_out), self.vocab_size))
+        out = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(n_out, self.vocab_size))
         return [out[lo:lo + rows] for lo, rows in rows_of]
 
     def _fill_batch(self, chunk: Sequence[int], pos0: int, seq_id: int, all_logits: bool, last_chunk: bool) -> None:
